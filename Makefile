@@ -1,0 +1,27 @@
+# Two commands matter: `make run` and `make test`. Both create .venv and install on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test bench docs clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned, so no dependency pulls a CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+run: $(STAMP)  ## export the sample MobileNetV2 to every device profile and print the report
+	$(BIN)/edge-sdk export samples/mobilenet_v2.py:build --device all --out out/
+
+test: $(STAMP)  ## the whole test suite
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)  ## heavy measurements (not part of make test)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf out build dist *.egg-info .pytest_cache

@@ -1,0 +1,63 @@
+"""The converter contract: torch model in, model file(s) of one format out.
+
+A converter is registered by format name (`converters.register`). It declares which precision
+configs it implements; `sdk.export` checks the recipe against that before any work starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+    from sdk.devices import DeviceProfile
+    from sdk.recipes import Config, Recipe
+
+
+@dataclass
+class ConversionResult:
+    """What a converter wrote into its work folder.
+
+    `model_file` is the file or folder a runtime loads, relative to the work folder. `coverage` says how
+    much of the graph runs on the target's accelerated path (None with `coverage_reason` where the
+    toolchain cannot tell). `quantization` is the converter's account of what it quantized.
+    """
+
+    model_file: str
+    coverage: dict[str, Any] | None = None
+    coverage_reason: str | None = None
+    quantization: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConversionJob:
+    """Everything a converter needs, in one object so the signature stays stable as features grow."""
+
+    model: "torch.nn.Module"
+    example_inputs: tuple["torch.Tensor", ...]
+    recipe: "Recipe"
+    profile: "DeviceProfile"
+    workdir: Path
+    input_names: Sequence[str]
+    output_names: Sequence[str]
+    calibration: list[tuple["torch.Tensor", ...]] | None = None
+
+    @property
+    def precision(self) -> "Config":
+        return self.recipe.precision
+
+
+class Converter:
+    """Base class: subclasses set `format`, `supported`, `options` and implement `convert`."""
+
+    format: ClassVar[str]
+    #: precision config names this converter implements ("fp32", "fp16", "int8", ...)
+    supported: ClassVar[frozenset[str]] = frozenset({"fp32"})
+    #: keys allowed in a profile's [converter] table, with their meaning
+    options: ClassVar[dict[str, str]] = {}
+
+    def convert(self, job: ConversionJob) -> ConversionResult:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,246 @@
+"""`edge-sdk` command line: devices, export, inspect (and the agent/bench/test commands).
+
+Errors print one paragraph and exit non-zero; `--debug` shows the traceback.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sdk import devices
+from sdk.errors import SdkError, UserInputError
+
+app = typer.Typer(help="Export PyTorch models to validated, device-ready artifacts.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+devices_app = typer.Typer(help="List and show device profiles.", invoke_without_command=True)
+app.add_typer(devices_app, name="devices")
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+@devices_app.callback()
+def devices_list(ctx: typer.Context) -> None:
+    """List every registered device profile."""
+    if ctx.invoked_subcommand is not None:
+        return
+    table = Table(title="Device profiles (edge-sdk devices show ID for details)")
+    table.add_column("id", no_wrap=True, style="bold")
+    for col in ("aliases", "format", "runtime", "precisions", "default"):
+        table.add_column(col)
+    for p in devices.list():
+        table.add_row(p.id, ", ".join(p.aliases), p.format, p.runtime, ", ".join(p.precisions), ", ".join(p.default_recipe))
+    console.print(table)
+
+
+@devices_app.command("show")
+def devices_show(name: str = typer.Argument(..., help="Device id or alias, e.g. jetson")) -> None:
+    """Show one profile in full, with the sources of its figures."""
+    profile = devices.get(name)
+    table = Table(title=f"{profile.id}: {profile.name}", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in profile.to_dict().items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            value = "\n".join(value) if key == "sources" else ", ".join(value)
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def _load_attr(spec: str, what: str) -> Any:
+    """Import `path/to/file.py:attr` (or `package.module:attr`) and return the attribute."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise UserInputError(f"{what} must look like path/to/file.py:name or package.module:name, got {spec!r}")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise UserInputError(f"{what}: file {target} does not exist")
+        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.path.insert(0, str(path.parent.resolve()))
+        try:
+            mod_spec.loader.exec_module(module)
+        finally:
+            sys.path.pop(0)
+    else:
+        module = importlib.import_module(target)
+    if not hasattr(module, attr):
+        raise UserInputError(f"{what}: {target} has no attribute {attr!r}")
+    return getattr(module, attr), module
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise UserInputError(f"--shape must look like 1x3x224x224, got {text!r}") from None
+
+
+def _model_and_inputs(spec: str, shapes: list[str]) -> tuple[Any, tuple]:
+    import torch
+
+    builder, module = _load_attr(spec, "model")
+    built = builder() if callable(builder) and not isinstance(builder, torch.nn.Module) else builder
+    model, inputs = built if isinstance(built, tuple) else (built, None)
+    if shapes:
+        inputs = tuple(torch.randn(*_parse_shape(s)) for s in shapes)
+    elif inputs is None and hasattr(module, "example_inputs"):
+        inputs = module.example_inputs()
+    if inputs is None:
+        raise UserInputError(f"{spec}: give input shapes with --shape 1x3x224x224 (repeat for several inputs), "
+                             "or define example_inputs() in the model file")
+    return model, tuple(inputs)
+
+
+class _StatusHandler(logging.Handler):
+    """Mirror the SDK's progress log lines into a Rich status spinner."""
+
+    def __init__(self, update: Callable[[str], None]):
+        super().__init__(logging.INFO)
+        self.update = update
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.update(record.getMessage())
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="Model factory: path/to/file.py:build (returns an nn.Module or (model, inputs))"),
+    device: list[str] = typer.Option(..., "--device", "-d", help="Device id or alias; repeat, or 'all'"),
+    out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder; bundles go to OUT/<device-id>/"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Comma-separated recipe, e.g. lowrank:0.5,distill,int8"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration data: file.py:loader (iterable of input tuples)"),
+    shape: list[str] = typer.Option([], "--shape", help="Input shape like 1x3x224x224 (repeat per input)"),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the artifact here and check parity"),
+    agent: Optional[str] = typer.Option(None, "--agent", help="Validate on a remote agent at this URL instead of here"),
+) -> None:
+    """Export a model to one or more devices and print a summary table."""
+    import sdk
+
+    net, inputs = _model_and_inputs(model, shape)
+    calib = None
+    if calibration:
+        calib, _ = _load_attr(calibration, "calibration")
+        calib = calib() if callable(calib) else calib
+    targets = [p.id for p in devices.list()] if [d.lower() for d in device] == ["all"] else [devices.get(d).id for d in device]
+    rows, failed = [], 0
+    logger = logging.getLogger("sdk")
+    logger.setLevel(logging.INFO)
+    with console.status("starting") as status:
+        handler = _StatusHandler(lambda msg: status.update(msg))
+        logger.addHandler(handler)
+        try:
+            for target in targets:
+                try:
+                    res = sdk.export(net, target, inputs, recipe=recipe, calibration=calib, output_dir=out,
+                                     validate=agent or validate)
+                    rows.append(_summary_row(res.report, res.artifact.path))
+                except SdkError as exc:
+                    if len(targets) == 1:
+                        raise
+                    failed += 1
+                    rows.append([target, devices.get(target).format, "-", "[red]failed[/red]", "-", str(exc)[:200]])
+        finally:
+            logger.removeHandler(handler)
+    table = Table(title=f"Export of {model}")
+    for col in ("device", "format", "size", "parity", "latency p50 (host)", "bundle / error"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _fmt_size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _summary_row(report: dict, path: Path) -> list[str]:
+    parity = report["parity"]
+    if parity["passed"] is None:
+        parity_text = f"[yellow]not run[/yellow]: {parity['reason']}"
+    else:
+        cos = min(o["cosine"] for o in parity["outputs"])
+        parity_text = f"{'[green]pass' if parity['passed'] else '[red]FAIL'}[/] cos={cos:.6f} ({parity['ran_on']})"
+    latency = report["validation"].get("latency_ms")
+    return [report["device"], report["format"], _fmt_size(report["artifact"]["size_bytes"]), parity_text,
+            f"{latency['p50']:.2f} ms" if latency else "-", str(path)]
+
+
+@app.command("inspect")
+def inspect_cmd(path: Path = typer.Argument(..., help="Bundle folder, e.g. out/android-arm64/"),
+                as_json: bool = typer.Option(False, "--json", help="Print manifest and report as JSON")) -> None:
+    """Show a bundle's manifest and report, after checking its files against their sha256."""
+    import sdk
+
+    art = sdk.load_artifact(path)
+    art.verify()
+    if as_json:
+        console.print_json(json.dumps({"manifest": art.manifest, "report": art.report}, default=str))
+        return
+    m, r = art.manifest, art.report
+    table = Table(title=f"{path}", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row("device / format / runtime", f"{m['device']} / {m['format']} / {m['runtime']}")
+    table.add_row("model file", f"{m['model_file']} ({_fmt_size(art.size_bytes)}), files verified (sha256)")
+    table.add_row("recipe", ", ".join(m["recipe"]))
+    for kind in ("inputs", "outputs"):
+        table.add_row(kind, "\n".join(f"{t['name']}: {t['shape']} {t['dtype']}" for t in m[kind]))
+    table.add_row("created", f"{m['created']} (sdk {m['sdk_version']}, schema {m['schema_version']})")
+    if r:
+        row = _summary_row(r, path)
+        table.add_row("parity", row[3])
+        table.add_row("host latency p50", row[4])
+        cov = r.get("coverage")
+        table.add_row("coverage", json.dumps(cov) if cov else f"unknown: {r.get('coverage_reason')}")
+        table.add_row("verdict", f"{r['verdict']['status']}: " + ", ".join(f"{k}={v}" for k, v in r["verdict"]["checks"].items()))
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point: turn SDK errors into one readable paragraph and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except SdkError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors have their own display
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]internal error:[/bold red] {type(exc).__name__}: {exc} "
+                          "(run with --debug for the traceback and please report it)", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""`sdk.export`: model + device name in, validated artifact bundle and report out."""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+import converters
+from converters.base import ConversionJob, ConversionResult
+from converters.passes.metrics import count_macs, count_params
+from sdk import devices, recipes
+from sdk.artifact import Artifact, BundleWriter, load_artifact
+from sdk.devices import DeviceProfile
+from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
+                        UnsupportedRecipeError)
+from sdk.report import build_report
+from sdk.validate import validate_bundle
+
+__all__ = ["export", "ExportResult"]
+
+log = logging.getLogger("sdk")
+MAX_CALIBRATION_SAMPLES = 512
+
+
+@dataclass
+class ExportResult:
+    """What `sdk.export` returns: the bundle on disk and its report (also in report.json)."""
+
+    artifact: Artifact
+    report: dict[str, Any]
+
+    def __repr__(self) -> str:
+        parity = self.report.get("parity", {})
+        return (f"ExportResult(device={self.artifact.device!r}, format={self.artifact.format!r}, "
+                f"path='{self.artifact.path}', size={self.artifact.size_bytes} B, parity_passed={parity.get('passed')})")
+
+
+def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: Sequence[torch.Tensor], *,
+           recipe: str | recipes.Config | Sequence[str | recipes.Config] | None = None,
+           calibration: Iterable[Any] | None = None, tolerance: recipes.Tolerance | None = None,
+           output_dir: str | Path = "out", validate: bool | str = True) -> ExportResult:
+    """Compress, convert and validate `model` for `device`; write the bundle to `<output_dir>/<device-id>/`.
+
+    `recipe` is a list of configs or their strings (default: the profile's default recipe);
+    `calibration` an iterable of input tuples (a DataLoader works); `validate` is True (run the
+    bundle here, where its runtime exists), False (skip; the report says so) or an agent URL.
+
+    >>> import sdk, torch
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
+    >>> res = sdk.export(model, "jetson", (torch.randn(1, 3, 32, 32),), output_dir=tmp)
+    >>> res.artifact.path.name, res.report["parity"]["passed"]
+    ('jetson-orin-nano', True)
+    """
+    started = time.perf_counter()
+    profile = devices.get(device)
+    inputs = _check_inputs(model, example_inputs)
+    original = copy.deepcopy(model).eval()  # never change the caller's model (mode, weights)
+    reference_out = _run_model(original, inputs, check=True)
+    plan = recipes.resolve(profile, recipe)
+    converter = converters.get(profile.format)
+    _check_converter(converter, plan, profile)
+    tol = plan.tolerance(tolerance)
+    calib = _materialize_calibration(calibration, len(inputs), profile)
+
+    model_info = {"params": count_params(original), "macs": count_macs(original, inputs)}
+    timings: dict[str, float] = {}
+
+    passes_report = None
+    student = original
+    if plan.passes:
+        from converters.passes import apply as apply_passes
+
+        log.info("applying passes: %s", ", ".join(map(str, plan.passes)))
+        t0 = time.perf_counter()
+        student, passes_report = apply_passes(original, list(plan.passes), example_inputs=inputs, calibration=calib)
+        student = student.eval()
+        timings["passes_s"] = time.perf_counter() - t0
+        reference_out = _run_model(student, inputs)
+        model_info |= {"params_after_passes": count_params(student), "macs_after_passes": count_macs(student, inputs)}
+
+    with BundleWriter(output_dir, profile.id) as writer:
+        log.info("converting for %s (%s, %s)", profile.id, profile.format, plan.precision)
+        t0 = time.perf_counter()
+        job = ConversionJob(model=student, example_inputs=inputs, recipe=plan, profile=profile, workdir=writer.staging,
+                            input_names=[f"in_{i}" for i in range(len(inputs))],
+                            output_names=[f"out_{i}" for i in range(len(reference_out))], calibration=calib)
+        result = _convert(converter, job)
+        timings["convert_s"] = time.perf_counter() - t0
+
+        np_inputs = [t.detach().cpu().numpy() for t in inputs]
+        np_outputs = [t.detach().cpu().numpy() for t in reference_out]
+        writer.write_reference(np_inputs, np_outputs)
+        manifest = writer.write_manifest(
+            device=profile.id, fmt=profile.format, runtime=profile.runtime, model_file=result.model_file,
+            inputs=np_inputs, outputs=np_outputs, recipe=plan.to_strings(), runtime_options=profile.converter,
+            extra={"tolerance": tol.to_dict()})
+
+        log.info("validating %s", profile.id)
+        t0 = time.perf_counter()
+        validation = validate_bundle(writer.staging, validate, tol)
+        timings["validate_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - started
+
+        artifact = load_artifact(writer.staging)
+        report = build_report(profile=profile, plan=plan, manifest=manifest, artifact=artifact, model_info=model_info,
+                              conversion=result, validation=validation, passes=passes_report, timings=timings)
+        parity = report["parity"]
+        if parity.get("passed") is False:
+            raise ParityError(
+                f"{profile.id}: the {profile.format} artifact ({', '.join(plan.to_strings())}) does not match the fp32 "
+                f"model on {parity.get('ran_on')}: {'; '.join(parity.get('failures', []))}. No bundle was written. "
+                "Try a gentler recipe (e.g. fp32/fp16, int8 with tolerance= to keep sensitive layers in float) "
+                "or a looser sdk.Tolerance if this error is expected.", parity)
+        writer.write_report(report)
+        final = writer.commit()
+    log.info("bundle written to %s", final)
+    return ExportResult(artifact=load_artifact(final), report=report)
+
+
+def _check_inputs(model: Any, example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    if not isinstance(model, torch.nn.Module):
+        raise InvalidInputsError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if example_inputs is None:
+        raise InvalidInputsError("example_inputs is required: a tuple of tensors the model is called with, "
+                                 "e.g. example_inputs=(torch.randn(1, 3, 224, 224),)")
+    if isinstance(example_inputs, torch.Tensor):
+        raise InvalidInputsError("example_inputs must be a tuple of tensors, got a single tensor; wrap it: (x,)")
+    if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
+        raise InvalidInputsError(f"example_inputs must be a non-empty tuple of tensors, got {type(example_inputs).__name__}")
+    bad = [i for i, t in enumerate(example_inputs) if not isinstance(t, torch.Tensor)]
+    if bad:
+        raise InvalidInputsError(f"example_inputs[{bad[0]}] is a {type(example_inputs[bad[0]]).__name__}, not a tensor; "
+                                 "every model input must be a tensor (pass constants as module attributes)")
+    return tuple(t.detach().cpu() for t in example_inputs)
+
+
+def _flatten(value: Any, path: str = "output") -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for i, v in enumerate(value) for t in _flatten(v, f"{path}[{i}]")]
+    raise InvalidInputsError(f"{path} is a {type(value).__name__}; models must return tensors or (nested) tuples of tensors")
+
+
+def _run_model(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], check: bool = False) -> list[torch.Tensor]:
+    """The model's outputs, flattened; with `check`, a failing forward is reported as bad example_inputs."""
+    try:
+        with torch.no_grad():
+            outputs = model(*inputs)
+    except Exception as exc:
+        if not check:
+            raise
+        shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in inputs)
+        raise InvalidInputsError(f"the model does not accept example_inputs ({shapes}): "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    return [t.detach().float() if t.is_floating_point() else t.detach() for t in _flatten(outputs)]
+
+
+def _check_converter(converter: converters.Converter, plan: recipes.Recipe, profile: DeviceProfile) -> None:
+    unknown = sorted(set(profile.converter) - set(converter.options))
+    if unknown:
+        raise ProfileError(f"device profile {profile.id!r}: [converter] key {unknown[0]!r} is not an option of the "
+                           f"{profile.format} converter (options: {', '.join(converter.options) or 'none'})")
+    precision = plan.precision
+    if precision.name not in converter.supported:
+        supported = [p for p in profile.precisions if p in converter.supported]
+        raise UnsupportedRecipeError(precision.to_string(), profile.format, profile.id, supported)
+
+
+def _materialize_calibration(calibration: Iterable[Any] | None, n_inputs: int,
+                             profile: DeviceProfile) -> list[tuple[torch.Tensor, ...]] | None:
+    """Turn any iterable of input tuples (or a DataLoader of (x, label) batches) into a list of input tuples."""
+    if calibration is None:
+        return None
+    samples: list[tuple[torch.Tensor, ...]] = []
+    try:
+        iterator = iter(calibration)
+    except TypeError:
+        raise InvalidInputsError(f"calibration must be an iterable of input tuples, got {type(calibration).__name__}") from None
+    for i, item in enumerate(iterator):
+        if len(samples) >= MAX_CALIBRATION_SAMPLES:
+            break
+        item = (item,) if isinstance(item, torch.Tensor) else tuple(item)
+        if len(item) < n_inputs or not all(isinstance(t, torch.Tensor) for t in item[:n_inputs]):
+            raise InvalidInputsError(f"calibration item {i} must hold {n_inputs} tensor(s) (the model's inputs, "
+                                     f"extra items such as labels are ignored), got {len(item)} item(s)")
+        samples.append(tuple(t.detach().cpu() for t in item[:n_inputs]))
+    if not samples:
+        raise InvalidInputsError(f"calibration data for {profile.id} is empty")
+    return samples
+
+
+def _convert(converter: converters.Converter, job: ConversionJob) -> ConversionResult:
+    """Run the converter, turning any unexpected toolchain exception into a ConversionError."""
+    try:
+        return converter.convert(job)
+    except SdkError:
+        raise
+    except Exception as exc:  # a toolchain failure the converter did not classify
+        raise ConversionError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+                              fmt=job.profile.format, device=job.profile.id,
+                              hint="run with logging at DEBUG for the toolchain's full message, or try another "
+                                   "device with a different format (see `edge-sdk devices`)") from exc

@@ -1,0 +1,319 @@
+"""Optimization configs and recipes.
+
+Every optimization is a frozen dataclass with a short string form (`"int8"`, `"prune:0.3"`), in
+the manner of torchao's `quantize_(model, Int8WeightOnlyConfig())`. A recipe is an ordered list of
+them: model-to-model passes first, then at most one precision/quantization config that the
+device's converter applies with the format's own toolchain.
+
+>>> from sdk.recipes import parse
+>>> [c.to_string() for c in parse("lowrank:0.5, distill, int8")]
+['lowrank:0.5', 'distill:300', 'int8']
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence, Union
+
+from sdk.errors import RecipeError, UnsupportedRecipeError, closest
+
+if TYPE_CHECKING:
+    from sdk.devices import DeviceProfile
+
+__all__ = [
+    "Config", "Fp32", "Fp16", "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize",
+    "Prune", "LowRank", "DepthwiseSeparable", "Distill", "Tolerance", "Recipe",
+    "parse", "resolve", "config_names",
+]
+
+_REGISTRY: dict[str, type["Config"]] = {}
+
+
+def _register(cls: type["Config"]) -> type["Config"]:
+    if cls.name in _REGISTRY:
+        raise RecipeError(f"config name {cls.name!r} is already registered by {_REGISTRY[cls.name].__name__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def config_names() -> list[str]:
+    """The string forms `parse` accepts."""
+    return sorted(_REGISTRY)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Base of all optimization configs. `kind` is "pass" (torch -> torch) or "precision"."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    arg_field: ClassVar[str | None] = None  # the field that "name:arg" sets
+    default_min_cosine: ClassVar[float] = 0.9999
+
+    def to_string(self) -> str:
+        if self.arg_field is None:
+            return self.name
+        value = getattr(self, self.arg_field)
+        return self.name if value is None else f"{self.name}:{value:g}" if isinstance(value, float) else f"{self.name}:{value}"
+
+    def __str__(self) -> str:
+        return self.to_string()
+
+    @classmethod
+    def from_arg(cls, arg: str | None) -> "Config":
+        if arg is None:
+            return cls()
+        if cls.arg_field is None:
+            raise RecipeError(f"recipe {cls.name!r} takes no argument, got {cls.name}:{arg}")
+        field = next(f for f in dataclasses.fields(cls) if f.name == cls.arg_field)
+        kind = field.type if isinstance(field.type, str) else field.type.__name__
+        try:
+            value: Any = int(arg) if kind.startswith("int") else float(arg)
+        except ValueError:
+            raise RecipeError(f"recipe {cls.name}:{arg}: {arg!r} is not a number ({cls.arg_field})") from None
+        return cls(**{cls.arg_field: value})
+
+    def _check(self, ok: bool, message: str) -> None:
+        if not ok:
+            raise RecipeError(f"{type(self).__name__}: {message}")
+
+
+# --- precision / quantization (applied by the converter, with the format's own toolchain) ---
+
+@_register
+@dataclass(frozen=True)
+class Fp32(Config):
+    """Keep float32 weights and compute."""
+
+    name: ClassVar[str] = "fp32"
+    kind: ClassVar[str] = "precision"
+
+
+@_register
+@dataclass(frozen=True)
+class Fp16(Config):
+    """Float16 weights and compute where the target supports it."""
+
+    name: ClassVar[str] = "fp16"
+    kind: ClassVar[str] = "precision"
+    default_min_cosine: ClassVar[float] = 0.999
+
+
+@_register
+@dataclass(frozen=True)
+class Int8Static(Config):
+    """INT8 weights (per-channel, symmetric) and activations calibrated on `calibration` data."""
+
+    name: ClassVar[str] = "int8"
+    kind: ClassVar[str] = "precision"
+    default_min_cosine: ClassVar[float] = 0.99
+    per_channel: bool = True
+    symmetric_activations: bool = False
+
+
+@_register
+@dataclass(frozen=True)
+class Int8Dynamic(Config):
+    """INT8 weights; activations quantized on the fly per inference (no calibration needed)."""
+
+    name: ClassVar[str] = "int8-dynamic"
+    kind: ClassVar[str] = "precision"
+    default_min_cosine: ClassVar[float] = 0.99
+
+
+@_register
+@dataclass(frozen=True)
+class Int4Weight(Config):
+    """4-bit group-wise weights (`group_size` values share one scale); activations stay float or INT8."""
+
+    name: ClassVar[str] = "int4"
+    kind: ClassVar[str] = "precision"
+    arg_field: ClassVar[str | None] = "group_size"
+    default_min_cosine: ClassVar[float] = 0.97
+    group_size: int = 32
+
+    def __post_init__(self) -> None:
+        self._check(self.group_size in (16, 32, 64, 128, 256), f"group_size must be 16..256 (power of two), got {self.group_size}")
+
+
+@_register
+@dataclass(frozen=True)
+class Palettize(Config):
+    """k-means weight clustering to 2**nbits shared values (a lookup table per tensor)."""
+
+    name: ClassVar[str] = "palettize"
+    kind: ClassVar[str] = "precision"
+    arg_field: ClassVar[str | None] = "nbits"
+    default_min_cosine: ClassVar[float] = 0.97
+    nbits: int = 4
+
+    def __post_init__(self) -> None:
+        self._check(2 <= self.nbits <= 8, f"nbits must be 2..8, got {self.nbits}")
+
+
+# --- passes (torch -> torch, backend-agnostic) ---
+
+@_register
+@dataclass(frozen=True)
+class Prune(Config):
+    """Remove a `sparsity` fraction of channels (structured) or of weights (unstructured)."""
+
+    name: ClassVar[str] = "prune"
+    kind: ClassVar[str] = "pass"
+    arg_field: ClassVar[str | None] = "sparsity"
+    sparsity: float = 0.3
+    structured: bool = True
+    importance: str = "l2"
+
+    def __post_init__(self) -> None:
+        self._check(0.0 < self.sparsity < 1.0, f"sparsity must be in (0, 1), got {self.sparsity}")
+        self._check(self.importance in ("l1", "l2"), f"importance must be 'l1' or 'l2', got {self.importance!r}")
+
+
+@_register
+@dataclass(frozen=True)
+class LowRank(Config):
+    """Factor Linear/Conv2d weights by truncated SVD, keeping `ratio` of full rank or `energy` of the spectrum."""
+
+    name: ClassVar[str] = "lowrank"
+    kind: ClassVar[str] = "pass"
+    arg_field: ClassVar[str | None] = "ratio"
+    ratio: float | None = None
+    energy: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ratio is None and self.energy is None:
+            object.__setattr__(self, "ratio", 0.5)
+        self._check((self.ratio is None) != (self.energy is None), "give exactly one of ratio or energy")
+        value = self.ratio if self.ratio is not None else self.energy
+        self._check(0.0 < value <= 1.0, f"ratio/energy must be in (0, 1], got {value}")
+
+
+@_register
+@dataclass(frozen=True)
+class DepthwiseSeparable(Config):
+    """Replace dense k x k convolutions by depthwise k x k + pointwise 1 x 1."""
+
+    name: ClassVar[str] = "depthwise"
+    kind: ClassVar[str] = "pass"
+    arg_field: ClassVar[str | None] = "multiplier"
+    multiplier: int = 1
+
+    def __post_init__(self) -> None:
+        self._check(self.multiplier >= 1, f"multiplier must be >= 1, got {self.multiplier}")
+
+    def to_string(self) -> str:
+        return self.name if self.multiplier == 1 else f"{self.name}:{self.multiplier}"
+
+
+@_register
+@dataclass(frozen=True)
+class Distill(Config):
+    """Train the transformed model to match the original on the unlabeled calibration inputs."""
+
+    name: ClassVar[str] = "distill"
+    kind: ClassVar[str] = "pass"
+    arg_field: ClassVar[str | None] = "steps"
+    steps: int = 300
+    lr: float = 1e-3
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        self._check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        self._check(self.lr > 0 and self.temperature > 0, "lr and temperature must be positive")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close the artifact's outputs must be to the fp32 reference (every output, every check).
+
+    >>> Tolerance(min_cosine=0.995).min_cosine
+    0.995
+    """
+
+    min_cosine: float = 0.9999
+    max_abs_err: float | None = None
+    min_top1_agreement: float | None = None
+    min_sqnr_db: float | None = None
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.min_cosine <= 1.0:
+            raise RecipeError(f"Tolerance.min_cosine must be in [-1, 1], got {self.min_cosine}")
+
+    def to_dict(self) -> dict[str, float | None]:
+        return dataclasses.asdict(self)
+
+
+ConfigLike = Union[str, Config]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An ordered list of configs: passes first, then at most one precision config."""
+
+    configs: tuple[Config, ...]
+
+    @property
+    def passes(self) -> tuple[Config, ...]:
+        return tuple(c for c in self.configs if c.kind == "pass")
+
+    @property
+    def precision(self) -> Config:
+        found = [c for c in self.configs if c.kind == "precision"]
+        return found[0] if found else Fp32()
+
+    def to_strings(self) -> list[str]:
+        return [c.to_string() for c in self.configs]
+
+    def tolerance(self, user: Tolerance | None = None) -> Tolerance:
+        """The user's tolerance, else the loosest default of the recipe's configs."""
+        if user is not None:
+            return user
+        return Tolerance(min_cosine=min([Fp32.default_min_cosine, *(c.default_min_cosine for c in self.configs)]))
+
+
+def parse(recipe: ConfigLike | Iterable[ConfigLike] | None) -> list[Config]:
+    """Parse strings ("int8", "lowrank:0.5", or "a,b,c") and config objects into a list of configs."""
+    if recipe is None:
+        return []
+    items: list[ConfigLike] = []
+    for item in ([recipe] if isinstance(recipe, (str, Config)) else list(recipe)):
+        items.extend(p.strip() for p in item.split(",") if p.strip()) if isinstance(item, str) else items.append(item)
+    out: list[Config] = []
+    for item in items:
+        if isinstance(item, Config):
+            out.append(item)
+            continue
+        if not isinstance(item, str):
+            raise RecipeError(f"a recipe entry must be a string or a config object, got {type(item).__name__}")
+        name, _, arg = item.partition(":")
+        name = name.strip().lower()
+        if name not in _REGISTRY:
+            hint = closest(name, _REGISTRY)
+            did_you_mean = f" Did you mean {hint!r}?" if hint else ""
+            raise RecipeError(f"unknown recipe entry {item!r}.{did_you_mean} Valid entries: {', '.join(config_names())} "
+                              "(with an argument where it takes one, e.g. 'prune:0.3', 'lowrank:0.5', 'int4:32', 'palettize:4').")
+        out.append(_REGISTRY[name].from_arg(arg.strip() or None))
+    return out
+
+
+def resolve(profile: "DeviceProfile", recipe: ConfigLike | Sequence[ConfigLike] | None) -> Recipe:
+    """The recipe to run for `profile`: the user's (validated) or the profile's default.
+
+    >>> import sdk
+    >>> resolve(sdk.devices.get("android"), None).to_strings()
+    ['fp32']
+    """
+    configs = parse(recipe) if recipe is not None else parse(list(profile.default_recipe))
+    precisions = [c for c in configs if c.kind == "precision"]
+    if len(precisions) > 1:
+        raise RecipeError(f"a recipe takes at most one precision config, got {', '.join(map(str, precisions))}")
+    if precisions and configs.index(precisions[0]) != len(configs) - 1:
+        raise RecipeError(f"passes must come before the precision config {precisions[0]} "
+                          f"(got {', '.join(map(str, configs))}); quantization is the last step")
+    for config in precisions:
+        if config.name not in profile.precisions:
+            raise UnsupportedRecipeError(config.to_string(), profile.format, profile.id, list(profile.precisions))
+    if not precisions:
+        configs.append(Fp32() if "fp32" in profile.precisions else parse(profile.precisions[0])[0])
+    return Recipe(tuple(configs))

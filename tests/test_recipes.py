@@ -1,0 +1,58 @@
+"""Recipe configs: string forms, validation, resolution against a profile."""
+from __future__ import annotations
+
+import pytest
+
+import sdk
+from sdk.errors import RecipeError, UnsupportedRecipeError
+from sdk.recipes import Fp16, Int4Weight, LowRank, Palettize, Prune, parse, resolve
+
+
+def test_string_forms_round_trip():
+    configs = parse(["depthwise", "lowrank:0.5", "prune:0.3", "distill:300", "int8"])
+    assert [c.to_string() for c in configs] == ["depthwise", "lowrank:0.5", "prune:0.3", "distill:300", "int8"]
+    assert parse("int4:64")[0] == Int4Weight(group_size=64)
+    assert parse("palettize:3")[0] == Palettize(nbits=3)
+    assert parse([sdk.LowRank(ratio=0.25), "fp16"]) == [LowRank(ratio=0.25), Fp16()]
+
+
+def test_unknown_entry_lists_valid_ones():
+    with pytest.raises(RecipeError) as info:
+        parse("lowrnk:0.5")
+    assert "lowrank" in str(info.value) and "Did you mean" in str(info.value) and "palettize" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["prune:1.5", "prune:abc", "palettize:9", "int4:33", "fp16:2", "lowrank:0"])
+def test_bad_arguments(bad):
+    with pytest.raises(RecipeError):
+        parse(bad)
+
+
+def test_configs_are_frozen_and_validate():
+    with pytest.raises(RecipeError):
+        Prune(sparsity=0.3, importance="random")
+    with pytest.raises(Exception):
+        Prune().sparsity = 0.5  # frozen
+
+
+def test_resolve_default_and_order():
+    assert resolve(sdk.devices.get("jetson"), None).to_strings() == ["fp16"]
+    assert resolve(sdk.devices.get("android"), ["lowrank:0.5"]).to_strings() == ["lowrank:0.5", "fp32"]
+    with pytest.raises(RecipeError, match="passes must come before"):
+        resolve(sdk.devices.get("android"), ["int8", "lowrank:0.5"])
+    with pytest.raises(RecipeError, match="at most one precision"):
+        resolve(sdk.devices.get("android"), ["int8", "fp16"])
+
+
+def test_unsupported_precision_names_config_format_device():
+    with pytest.raises(UnsupportedRecipeError) as info:
+        resolve(sdk.devices.get("android-litert"), ["palettize:4"])
+    msg = str(info.value)
+    assert "palettize:4" in msg and "litert" in msg and "android-litert" in msg and "int8" in msg
+
+
+def test_tolerance_defaults_follow_recipe():
+    plan = resolve(sdk.devices.get("android"), ["int8"])
+    assert plan.tolerance().min_cosine == pytest.approx(0.99)
+    assert plan.tolerance(sdk.Tolerance(min_cosine=0.995)).min_cosine == 0.995
+    assert resolve(sdk.devices.get("android"), None).tolerance().min_cosine == 0.9999
