@@ -44,6 +44,9 @@ class ConversionJob:
     input_names: Sequence[str]
     output_names: Sequence[str]
     calibration: list[tuple["torch.Tensor", ...]] | None = None
+    #: qualified names of torch modules (as in model.named_modules()) to leave in float, mapped by each
+    #: converter onto its toolchain's own exclusion mechanism (PT2E module filter, NNCF ignored_scope, ...)
+    keep_float: frozenset[str] = frozenset()
 
     @property
     def precision(self) -> "Config":

@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import torch
 
 import converters
 from converters.base import ConversionJob, ConversionResult
 from converters.passes.metrics import count_macs, count_params
-from sdk import devices, recipes
+from sdk import devices, quantization, recipes
 from sdk.artifact import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
 from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
@@ -44,12 +43,15 @@ class ExportResult:
 def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: Sequence[torch.Tensor], *,
            recipe: str | recipes.Config | Sequence[str | recipes.Config] | None = None,
            calibration: Iterable[Any] | None = None, tolerance: recipes.Tolerance | None = None,
-           output_dir: str | Path = "out", validate: bool | str = True) -> ExportResult:
+           output_dir: str | Path = "out", validate: bool | str = True,
+           eval_data: Iterable[Any] | None = None) -> ExportResult:
     """Compress, convert and validate `model` for `device`; write the bundle to `<output_dir>/<device-id>/`.
 
     `recipe` is a list of configs or their strings (default: the profile's default recipe);
-    `calibration` an iterable of input tuples (a DataLoader works); `validate` is True (run the
-    bundle here, where its runtime exists), False (skip; the report says so) or an agent URL.
+    `calibration` an iterable of input tuples (a DataLoader works); quantized recipes are checked on
+    `eval_data`, else on the last 20% of `calibration`; with a `tolerance`, the most sensitive layers
+    are kept in float until it is met. `validate` is True (run the bundle here, where its runtime
+    exists), False (skip; the report says so) or an agent URL.
 
     >>> import sdk, torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
@@ -66,7 +68,11 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     converter = converters.get(profile.format)
     _check_converter(converter, plan, profile)
     tol = plan.tolerance(tolerance)
-    calib = _materialize_calibration(calibration, len(inputs), profile)
+    calib = _materialize_calibration(calibration, len(inputs), "calibration")
+    evaluation = _materialize_calibration(eval_data, len(inputs), "eval_data")
+    quantizing = quantization.is_quantizing(plan.precision)
+    if quantizing:  # fail early, before any long pass, if static INT8 has no calibration data
+        quantization.split_calibration(plan.precision, calib, evaluation, inputs, profile.id)
 
     model_info = {"params": count_params(original), "macs": count_macs(original, inputs)}
     timings: dict[str, float] = {}
@@ -90,7 +96,13 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
         job = ConversionJob(model=student, example_inputs=inputs, recipe=plan, profile=profile, workdir=writer.staging,
                             input_names=[f"in_{i}" for i in range(len(inputs))],
                             output_names=[f"out_{i}" for i in range(len(reference_out))], calibration=calib)
-        result = _convert(converter, job)
+        if quantizing:
+            job.calibration, heldout, source = quantization.split_calibration(plan.precision, calib, evaluation,
+                                                                              inputs, profile.id)
+            result = quantization.convert_quantized(converter, job, tolerance=tol, user_tolerance=tolerance is not None,
+                                                    heldout=heldout, heldout_source=source, convert=_convert)
+        else:
+            result = _convert(converter, job)
         timings["convert_s"] = time.perf_counter() - t0
 
         np_inputs = [t.detach().cpu().numpy() for t in inputs]
@@ -174,7 +186,7 @@ def _check_converter(converter: converters.Converter, plan: recipes.Recipe, prof
 
 
 def _materialize_calibration(calibration: Iterable[Any] | None, n_inputs: int,
-                             profile: DeviceProfile) -> list[tuple[torch.Tensor, ...]] | None:
+                             what: str) -> list[tuple[torch.Tensor, ...]] | None:
     """Turn any iterable of input tuples (or a DataLoader of (x, label) batches) into a list of input tuples."""
     if calibration is None:
         return None
@@ -182,17 +194,17 @@ def _materialize_calibration(calibration: Iterable[Any] | None, n_inputs: int,
     try:
         iterator = iter(calibration)
     except TypeError:
-        raise InvalidInputsError(f"calibration must be an iterable of input tuples, got {type(calibration).__name__}") from None
+        raise InvalidInputsError(f"{what} must be an iterable of input tuples, got {type(calibration).__name__}") from None
     for i, item in enumerate(iterator):
         if len(samples) >= MAX_CALIBRATION_SAMPLES:
             break
         item = (item,) if isinstance(item, torch.Tensor) else tuple(item)
         if len(item) < n_inputs or not all(isinstance(t, torch.Tensor) for t in item[:n_inputs]):
-            raise InvalidInputsError(f"calibration item {i} must hold {n_inputs} tensor(s) (the model's inputs, "
+            raise InvalidInputsError(f"{what} item {i} must hold {n_inputs} tensor(s) (the model's inputs, "
                                      f"extra items such as labels are ignored), got {len(item)} item(s)")
         samples.append(tuple(t.detach().cpu() for t in item[:n_inputs]))
     if not samples:
-        raise InvalidInputsError(f"calibration data for {profile.id} is empty")
+        raise InvalidInputsError(f"{what} is empty: give at least one input tuple")
     return samples
 
 

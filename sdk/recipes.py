@@ -153,10 +153,34 @@ class Palettize(Config):
 
 # --- passes (torch -> torch, backend-agnostic) ---
 
+def _scope(config: Config, scope: Any) -> tuple[tuple[str, Config | None], ...] | None:
+    """Normalise `{layer name or layer type: config or None}` to a hashable tuple of pairs.
+
+    A key is a module's qualified name (or a dotted prefix of it, e.g. "layers.0"), a layer type
+    name ("Conv2d") or the type itself (normalised to its name); a value is a config of the same
+    kind, or None to leave the layer alone. Resolution order is in converters/passes/scope.py.
+    """
+    if scope is None:
+        return None
+    pairs = []
+    for key, value in (scope.items() if hasattr(scope, "items") else scope):
+        name = key.__name__ if isinstance(key, type) else key
+        if not isinstance(name, str) or not name:
+            raise RecipeError(f"{type(config).__name__}.scope: a key must be a layer name or type, got {key!r}")
+        if value is not None and (type(value) is not type(config) or value.scope is not None):
+            raise RecipeError(f"{type(config).__name__}.scope[{name!r}]: expected None or an unscoped "
+                              f"{type(config).__name__}, got {value!r}")
+        pairs.append((name, value))
+    return tuple(pairs)
+
+
 @_register
 @dataclass(frozen=True)
 class Prune(Config):
-    """Remove a `sparsity` fraction of channels (structured) or of weights (unstructured)."""
+    """Remove a `sparsity` fraction of channels (structured) or of weights (unstructured).
+
+    `scope` may set another sparsity (or None) per layer; `structured` and `importance` are global.
+    """
 
     name: ClassVar[str] = "prune"
     kind: ClassVar[str] = "pass"
@@ -164,10 +188,15 @@ class Prune(Config):
     sparsity: float = 0.3
     structured: bool = True
     importance: str = "l2"
+    scope: Any = None
 
     def __post_init__(self) -> None:
         self._check(0.0 < self.sparsity < 1.0, f"sparsity must be in (0, 1), got {self.sparsity}")
         self._check(self.importance in ("l1", "l2"), f"importance must be 'l1' or 'l2', got {self.importance!r}")
+        object.__setattr__(self, "scope", _scope(self, self.scope))
+        for key, value in self.scope or ():
+            self._check(value is None or (value.structured, value.importance) == (self.structured, self.importance),
+                        f"scope[{key!r}] may change only the sparsity; structured and importance are set once per pass")
 
 
 @_register
@@ -180,6 +209,7 @@ class LowRank(Config):
     arg_field: ClassVar[str | None] = "ratio"
     ratio: float | None = None
     energy: float | None = None
+    scope: Any = None
 
     def __post_init__(self) -> None:
         if self.ratio is None and self.energy is None:
@@ -187,20 +217,23 @@ class LowRank(Config):
         self._check((self.ratio is None) != (self.energy is None), "give exactly one of ratio or energy")
         value = self.ratio if self.ratio is not None else self.energy
         self._check(0.0 < value <= 1.0, f"ratio/energy must be in (0, 1], got {value}")
+        object.__setattr__(self, "scope", _scope(self, self.scope))
 
 
 @_register
 @dataclass(frozen=True)
 class DepthwiseSeparable(Config):
-    """Replace dense k x k convolutions by depthwise k x k + pointwise 1 x 1."""
+    """Replace dense k x k convolutions by depthwise k x k (`multiplier` filters per input channel) + pointwise 1 x 1."""
 
     name: ClassVar[str] = "depthwise"
     kind: ClassVar[str] = "pass"
     arg_field: ClassVar[str | None] = "multiplier"
     multiplier: int = 1
+    scope: Any = None
 
     def __post_init__(self) -> None:
         self._check(self.multiplier >= 1, f"multiplier must be >= 1, got {self.multiplier}")
+        object.__setattr__(self, "scope", _scope(self, self.scope))
 
     def to_string(self) -> str:
         return self.name if self.multiplier == 1 else f"{self.name}:{self.multiplier}"

@@ -1,0 +1,121 @@
+"""Core ML runtime: run an `.mlpackage` through coremltools' `MLModel.predict` (macOS only).
+
+Core ML itself exists only on Apple platforms, so on Linux this backend reports itself unavailable;
+`spec_summary` still reads a bundle's model spec there (coremltools imports and parses specs without
+torch and without the Core ML framework), which is how a Linux host checks what it converted.
+"""
+from __future__ import annotations
+
+import platform
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+import backends
+from backends.base import Backend, check_inputs
+
+__all__ = ["CoreMLBackend", "CoreMLSession", "spec_summary"]
+
+#: MIL tensor dtypes that hold op parameters (shapes, axes, flags), not weights
+_PARAMETER_DTYPES = {"INT32", "INT64", "UINT32", "UINT64", "BOOL", "STRING"}
+
+
+def spec_summary(model_path: str | Path) -> dict[str, Any]:
+    """What a saved Core ML model declares: I/O names, shapes and dtypes, the ML program's ops and weight dtypes.
+
+    `ops` counts the program's operations by type, constants left out; `weight_dtypes` counts the elements
+    of its constant tensors (plain and `constexpr_*` compressed ones) by dtype, parameters such as
+    shapes and axes left out. Runs anywhere coremltools imports, Linux included.
+    """
+    from coremltools.models.utils import load_spec
+    from coremltools.proto import MIL_pb2
+
+    spec = load_spec(str(model_path))
+    summary: dict[str, Any] = {
+        "specification_version": spec.specificationVersion,
+        "model_type": spec.WhichOneof("Type"),
+        **_io(spec.description),
+    }
+    if summary["model_type"] != "mlProgram":
+        return summary
+    ops: Counter[str] = Counter()
+    weights: Counter[str] = Counter()
+    main = spec.mlProgram.functions["main"]
+    for op in _walk(main.block_specializations[main.opset].operations):
+        if op.type == "const" or op.type.startswith("constexpr_"):
+            for value in op.attributes.values():
+                tensor = value.type.tensorType
+                dtype = MIL_pb2.DataType.Name(tensor.dataType)
+                if tensor.rank > 0 and dtype not in _PARAMETER_DTYPES:
+                    weights[dtype.lower()] += int(np.prod([d.constant.size for d in tensor.dimensions]))
+        if op.type != "const":
+            ops[op.type] += 1
+    summary |= {"opset": main.opset, "ops": dict(ops.most_common()), "weight_dtypes": dict(weights)}
+    return summary
+
+
+def _walk(operations: Sequence[Any]) -> Iterator[Any]:
+    """Every operation, including those in nested blocks (cond, while_loop)."""
+    for op in operations:
+        yield op
+        for block in op.blocks:
+            yield from _walk(block.operations)
+
+
+def _io(description: Any) -> dict[str, list[dict[str, Any]]]:
+    return {"inputs": [_feature(f) for f in description.input], "outputs": [_feature(f) for f in description.output]}
+
+
+def _feature(feature: Any) -> dict[str, Any]:
+    from coremltools.proto import FeatureTypes_pb2
+
+    kind = feature.type.WhichOneof("Type")
+    if kind != "multiArrayType":
+        return {"name": feature.name, "type": kind}
+    array = feature.type.multiArrayType
+    dtype = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(array.dataType).lower()
+    return {"name": feature.name, "shape": list(array.shape), "dtype": "float64" if dtype == "double" else dtype}
+
+
+class CoreMLSession:
+    """A loaded Core ML model. Unverified on this project's Linux CI: kept to the documented predict() call."""
+
+    def __init__(self, model: Any, manifest: Mapping[str, Any], compute_units: str, version: str):
+        self._model, self._manifest = model, manifest
+        declared = {f["name"]: f.get("dtype") for f in _io(model.get_spec().description)["inputs"]}
+        # Core ML has no int64 features: the converter declares int32 where torch had int64.
+        self._dtypes = [np.dtype(declared[spec["name"]]) for spec in manifest["inputs"]]
+        self.ran_on = f"Core ML via coremltools {version}, compute_units={compute_units} (Core ML places each op)"
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        arrays = check_inputs(inputs, self._manifest)
+        feed = {spec["name"]: a.astype(dtype, copy=False)
+                for spec, a, dtype in zip(self._manifest["inputs"], arrays, self._dtypes)}
+        result = self._model.predict(feed)
+        return [np.asarray(result[spec["name"]]) for spec in self._manifest["outputs"]]
+
+
+@backends.register
+class CoreMLBackend(Backend):
+    """Runs `.mlpackage` bundles with the compute units named in the manifest's runtime_options."""
+
+    runtime = "coreml"
+
+    def unavailable_reason(self) -> str | None:
+        if platform.system() != "Darwin":
+            return (f"Core ML runs only on macOS/iOS; this host is {platform.system()} — the bundle was converted "
+                    "and its spec checked, not run")
+        try:
+            import coremltools  # noqa: F401
+        except ImportError as exc:
+            return f"coremltools is not installed ({exc}); pip install coremltools"
+        return None
+
+    def load(self, model_path: Path, manifest: Mapping[str, Any]) -> CoreMLSession:
+        import coremltools as ct
+
+        units = manifest.get("runtime_options", {}).get("compute_units", "ALL")
+        model = ct.models.MLModel(str(model_path), compute_units=ct.ComputeUnit[units])
+        return CoreMLSession(model, manifest, units, ct.__version__)

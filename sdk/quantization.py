@@ -1,0 +1,156 @@
+"""Quantize through the device's converter, measure on held-out data, and fall back layer by layer.
+
+The quantizers are the formats' own (each converter's job); this module adds what none of them does
+automatically: parity on held-out calibration samples, per-layer sensitivity, and keeping the worst
+layers in float through the toolchain's own exclusion mechanism until a tolerance is met.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+import backends
+from converters.base import ConversionJob, ConversionResult, Converter
+from converters.quant.sensitivity import layer_sensitivity, quantizable_layers, simulate
+from sdk.errors import InvalidInputsError, ParityError
+from sdk.parity import compare
+from sdk.recipes import Config, Int8Static, Tolerance
+
+log = logging.getLogger("sdk")
+
+QUANTIZING = ("int8", "int8-dynamic", "int4", "palettize")
+HOLDOUT_FRACTION = 0.2
+MAX_SENSITIVITY_SAMPLES = 16
+TOP_OFFENDERS = 10
+DEFAULT_MAX_FALLBACK_LAYERS = 8
+
+
+def is_quantizing(config: Config) -> bool:
+    return config.name in QUANTIZING
+
+
+def split_calibration(config: Config, calibration: list[tuple] | None, eval_data: list[tuple] | None,
+                      example_inputs: tuple, device: str) -> tuple[list[tuple] | None, list[tuple], str]:
+    """(calibration set, held-out set, where the held-out set came from)."""
+    if isinstance(config, Int8Static) and not calibration:
+        raise InvalidInputsError(
+            f"static INT8 ({config}) for {device} needs calibration data to set activation ranges: pass "
+            "calibration=<iterable of input tuples> (a DataLoader works; 100-500 real samples is typical), "
+            "or use 'int8-dynamic', which quantizes activations at run time and needs none.")
+    if eval_data:
+        return calibration, eval_data, f"eval_data ({len(eval_data)} samples)"
+    if calibration and len(calibration) >= 2:
+        cut = max(1, int(round(len(calibration) * HOLDOUT_FRACTION)))
+        return calibration[:-cut], calibration[-cut:], f"last {cut} of {len(calibration)} calibration samples"
+    return calibration, [example_inputs], "example_inputs only (no calibration data given)"
+
+
+class HeldOutEvaluator:
+    """Runs a staged model file on held-out inputs with the host runtime, or simulates when none exists."""
+
+    def __init__(self, job: ConversionJob, heldout: Sequence[tuple], calibration: Sequence[tuple] | None):
+        self.job, self.heldout, self.calibration = job, heldout, calibration or [job.example_inputs]
+        self.reference = [[t.float().numpy() for t in _flat(job.model(*x))] for x in heldout]
+        backend = backends.get(job.profile.runtime)
+        self.unavailable = backend.unavailable_reason()
+        self.backend = backend
+
+    def __call__(self, result: ConversionResult, keep_float: frozenset[str]) -> dict[str, Any]:
+        if self.unavailable:
+            outputs = [[t.numpy() for t in o] for o in simulate(self.job.model, self.job.precision, self.calibration,
+                                                               self.heldout, keep_float)]
+            ran_on = f"simulated in torch with fake-quant ({self.job.profile.runtime} cannot run here: {self.unavailable})"
+        else:
+            manifest = {"inputs": _specs("in", self.job.example_inputs), "outputs": _specs("out", self.reference[0]),
+                        "runtime_options": dict(self.job.profile.converter)}
+            session = self.backend.load(self.job.workdir / result.model_file, manifest)
+            outputs = [session.run([t.numpy() for t in x]) for x in self.heldout]
+            ran_on = session.ran_on
+        got = [np.concatenate([o[i].reshape(1, -1) if o[i].ndim < 2 else o[i] for o in outputs]) for i in range(len(outputs[0]))]
+        ref = [np.concatenate([r[i].reshape(1, -1) if r[i].ndim < 2 else r[i] for r in self.reference])
+               for i in range(len(self.reference[0]))]
+        return {"ran_on": ran_on, "samples": len(self.heldout), **compare(got, ref, {"min_cosine": -1.0})}
+
+
+def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: Tolerance, user_tolerance: bool,
+                      heldout: list[tuple], heldout_source: str, convert: Callable[[Converter, ConversionJob], ConversionResult],
+                      max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS) -> ConversionResult:
+    """Convert with the job's quantization config; with a user tolerance, keep the worst layers in float until met."""
+    config = job.precision
+    calib = job.calibration or [job.example_inputs]
+    evaluate = HeldOutEvaluator(job, heldout, job.calibration)
+    log.info("measuring per-layer sensitivity to %s", config)
+    sensitivity = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES], heldout[:MAX_SENSITIVITY_SAMPLES])
+
+    keep: list[str] = []
+    steps = []
+    candidates = [row["layer"] for row in sensitivity]
+    while True:
+        _clear(job.workdir)
+        attempt = replace(job, keep_float=frozenset(keep))
+        log.info("quantizing (%s) with %d layer(s) kept in float", config, len(keep))
+        result = convert(converter, attempt)
+        parity = evaluate(result, attempt.keep_float)
+        problems = _misses(parity, tolerance)
+        steps.append({"kept_float": list(keep), "min_cosine": min(o["cosine"] for o in parity["outputs"]),
+                      "min_sqnr_db": _min_or_none(o["sqnr_db"] for o in parity["outputs"]), "met": not problems})
+        if not problems or not user_tolerance:
+            break
+        remaining = [c for c in candidates if c not in keep]
+        if not remaining or len(keep) >= max_fallback_layers:
+            _clear(job.workdir)
+            raise ParityError(
+                f"{job.profile.id}: {config} could not meet {tolerance} on held-out data even with {len(keep)} "
+                f"layer(s) kept in float ({', '.join(keep) or 'none'}); best reached: min cosine "
+                f"{max(s['min_cosine'] for s in steps):.6f} ({'; '.join(problems)}). Try a gentler scheme "
+                "(int8 instead of int4, palettize with more bits), more representative calibration data, "
+                "or a looser tolerance.", {"steps": steps})
+        keep.append(remaining[0])
+
+    report = dict(result.quantization or {})
+    report.update({
+        "config": config.to_string(),
+        "heldout": {"source": heldout_source, **parity},
+        "sensitivity": {"method": "torch fake-quant of the same scheme, one layer at a time; sorted by model-output SQNR",
+                        "layers_measured": len(sensitivity), "worst": sensitivity[:TOP_OFFENDERS]},
+        "fallback": {"tolerance": tolerance.to_dict() if user_tolerance else None, "kept_float": keep, "steps": steps},
+        "quantizable_layers": len(quantizable_layers(job.model)),
+    })
+    report.setdefault("float_layers", [])
+    for name in keep:
+        report["float_layers"].append({"name": name, "reason": "kept in float by the fallback to meet the tolerance"})
+    result.quantization = report
+    return result
+
+
+def _misses(parity: dict[str, Any], tolerance: Tolerance) -> list[str]:
+    from sdk.parity import failures
+
+    return [msg for o in parity["outputs"] for msg in failures(o, tolerance.to_dict())]
+
+
+def _min_or_none(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return min(values) if values else None
+
+
+def _clear(workdir: Path) -> None:
+    for item in workdir.iterdir():
+        shutil.rmtree(item) if item.is_dir() else item.unlink()
+
+
+def _flat(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out.detach()]
+    return [t for o in out for t in _flat(o)]
+
+
+def _specs(prefix: str, arrays) -> list[dict[str, Any]]:
+    return [{"name": f"{prefix}_{i}", "shape": list(a.shape), "dtype": str(a.numpy().dtype if hasattr(a, "numpy") else a.dtype)}
+            for i, a in enumerate(arrays)]

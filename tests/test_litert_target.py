@@ -1,0 +1,238 @@
+"""The LiteRT target end to end on the host: litert-torch converts, ai_edge_litert (with XNNPACK) runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.utils._pytree as pytree
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+
+import backends  # noqa: E402
+import converters  # noqa: E402
+import sdk.devices  # noqa: E402
+import sdk.recipes  # noqa: E402
+from backends import InputMismatchError  # noqa: E402
+from converters import ConversionJob  # noqa: E402
+from sdk.errors import ConversionError, UnsupportedRecipeError  # noqa: E402
+from sdk.parity import compare  # noqa: E402
+
+PROFILE = sdk.devices.get("android-litert")
+
+
+class SmallCNN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(16)
+        self.fc = torch.nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x)))
+        return self.fc(torch.nn.functional.max_pool2d(y, 2).flatten(1))
+
+
+class TwoInTwoOut(torch.nn.Module):
+    """Asymmetric in its inputs, with outputs of different shapes: a swapped input or output shows."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (2 * a + b).sum(-1), torch.cat([a, 3 * b], dim=1)
+
+
+class ManyOutputs(torch.nn.Module):
+    """Twelve outputs: 'out_10' sorts before 'out_2', so only a name-based mapping keeps their order."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(x[:, : i + 1] * (i + 1) for i in range(12))
+
+
+class PartlyDelegated(torch.nn.Module):
+    """CUMSUM and ARG_MAX have no XNNPACK kernels: the graph splits into two delegate partitions around them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.cumsum(self.a(x), dim=-1)
+        return self.b(torch.relu(y)), torch.argmax(y, dim=-1)
+
+
+class Histogram(torch.nn.Module):
+    """aten.histc has no litert-torch lowering."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.histc(x, bins=4)
+
+
+def _job(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], n_out: int, workdir: Path,
+         recipe: str | None = None) -> ConversionJob:
+    return ConversionJob(model=model, example_inputs=inputs, recipe=sdk.recipes.resolve(PROFILE, recipe),
+                         profile=PROFILE, workdir=workdir, input_names=[f"in_{i}" for i in range(len(inputs))],
+                         output_names=[f"out_{i}" for i in range(n_out)])
+
+
+def _manifest(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
+    def spec(prefix: str, arrays: list[np.ndarray]) -> list[dict]:
+        return [{"name": f"{prefix}_{i}", "shape": list(a.shape), "dtype": str(a.dtype)} for i, a in enumerate(arrays)]
+    return {"inputs": spec("in", inputs), "outputs": spec("out", outputs), "runtime_options": {}}
+
+
+def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], workdir: Path, recipe: str | None = None):
+    """Convert with the converter, load with the backend: (result, session, numpy inputs, fp32 outputs, model path)."""
+    with torch.no_grad():
+        ref = [t.numpy() for t in pytree.tree_leaves(model(*inputs))]
+    np_inputs = [t.numpy() for t in inputs]
+    result = converters.get(PROFILE.format).convert(_job(model, inputs, len(ref), workdir, recipe))
+    path = workdir / result.model_file
+    session = backends.get(PROFILE.runtime).load(path, _manifest(np_inputs, ref))
+    return result, session, np_inputs, ref, path
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    with torch.no_grad():  # non-trivial BN statistics, so folding BN into the conv is really exercised
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    return model, (torch.randn(2, 3, 8, 8),)
+
+
+@pytest.fixture(scope="module")
+def cnn_fp32(cnn, tmp_path_factory):
+    return _export(*cnn, tmp_path_factory.mktemp("fp32"))
+
+
+@pytest.fixture(scope="module")
+def cnn_fp16(cnn, tmp_path_factory):
+    return _export(*cnn, tmp_path_factory.mktemp("fp16"), "fp16")
+
+
+def test_cnn_fp32_matches_torch_and_runs_on_xnnpack(cnn_fp32):
+    result, session, inputs, ref, _ = cnn_fp32
+    parity = compare(session.run(inputs), ref, {"min_cosine": 0.9999})
+    assert parity["passed"], parity["failures"]
+    assert result.model_file == "model.tflite" and result.quantization is None
+    cov = result.coverage
+    assert cov["op_types"]["CONV_2D"] == 1 and cov["op_types"]["FULLY_CONNECTED"] == 1
+    assert not any("BATCH" in op for op in cov["op_types"])  # folded into the convolution
+    assert cov["delegated_ops"] == cov["ops"] and cov["fraction"] == 1.0 and cov["not_delegated"] == {}
+    assert session.ran_on.startswith("ai_edge_litert ")
+    assert f"XNNPACK delegate on {cov['ops']}/{cov['ops']} ops" in session.ran_on
+
+
+def test_fp16_halves_the_weights_and_stays_close(cnn_fp32, cnn_fp16):
+    result, session, inputs, ref, path = cnn_fp16
+    parity = compare(session.run(inputs), ref, {"min_cosine": 0.999})
+    assert parity["passed"], parity["failures"]
+    assert parity["outputs"][0]["max_abs_err"] > 0  # the weights really were rounded to float16
+    assert result.quantization["weights"] == "float16"
+    assert result.coverage["op_types"]["DEQUANTIZE"] == 2 and result.coverage["not_delegated"] == {}
+    assert path.stat().st_size < 0.7 * cnn_fp32[4].stat().st_size
+
+
+def test_two_inputs_two_outputs_of_different_shapes(tmp_path):
+    torch.manual_seed(1)
+    inputs = (torch.randn(1, 4, 5), torch.randn(1, 4, 5))
+    _, session, np_inputs, ref, path = _export(TwoInTwoOut().eval(), inputs, tmp_path)
+    got = session.run(np_inputs)
+    assert [g.shape for g in got] == [(1, 4), (1, 8, 5)]
+    parity = compare(got, ref, {"min_cosine": 0.9999})
+    assert parity["passed"], parity["failures"]
+    assert not compare(session.run(np_inputs[::-1]), ref, {"min_cosine": 0.9999})["passed"]
+
+    from ai_edge_litert.interpreter import Interpreter
+    signature = Interpreter(model_path=str(path)).get_signature_list()
+    assert signature == {"serving_default": {"inputs": ["in_0", "in_1"], "outputs": ["out_0", "out_1"]}}
+
+
+def test_outputs_keep_their_order_past_ten(tmp_path):
+    inputs = (torch.arange(1, 13, dtype=torch.float32).reshape(1, 12),)
+    _, session, np_inputs, ref, _ = _export(ManyOutputs().eval(), inputs, tmp_path)
+    got = session.run(np_inputs)
+    assert len(got) == 12
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(g, r)
+
+
+def test_coverage_counts_ops_left_outside_xnnpack(tmp_path):
+    torch.manual_seed(4)
+    result, session, np_inputs, ref, _ = _export(PartlyDelegated().eval(), (torch.randn(2, 8),), tmp_path)
+    cov = result.coverage
+    assert (cov["ops"], cov["delegated_ops"], cov["fraction"]) == (5, 3, 0.6)
+    assert cov["not_delegated"] == {"CUMSUM": 1, "ARG_MAX": 1}
+    assert "XNNPACK delegate on 3/5 ops" in session.ran_on
+    logits, index = session.run(np_inputs)
+    assert compare([logits], ref[:1], {"min_cosine": 0.9999})["passed"]
+    assert index.dtype == np.int64  # LiteRT computes it in int32 (no x64); the manifest's dtype comes back
+    np.testing.assert_array_equal(index, ref[1])
+
+
+def test_wrong_inputs_are_refused_before_the_runtime(cnn_fp32):
+    _, session, inputs, _, _ = cnn_fp32
+    with pytest.raises(InputMismatchError, match="shape"):
+        session.run([np.zeros((1, 3, 8, 8), np.float32)])
+    with pytest.raises(InputMismatchError, match="float32"):
+        session.run([inputs[0].astype(np.float64)])
+    with pytest.raises(InputMismatchError, match="1 input"):
+        session.run([inputs[0], inputs[0]])
+
+
+def test_int64_token_ids_feed_the_int32_model(tmp_path):
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Flatten(), torch.nn.Linear(24, 4)).eval()
+    _, session, np_inputs, ref, _ = _export(model, (torch.tensor([[1, 7, 49]]),), tmp_path)
+    parity = compare(session.run(np_inputs), ref, {"min_cosine": 0.9999})
+    assert parity["passed"], parity["failures"]
+    with pytest.raises(InputMismatchError, match="range"):
+        session.run([np.array([[1, 2, 2**40]], dtype=np.int64)])
+
+
+def test_int8_model_io_is_converted_with_the_tensors_own_params(tmp_path):
+    """litert-torch's static PT2E flow gives a model with int8 I/O; the session still takes and returns floats."""
+    from ai_edge_litert.interpreter import Interpreter
+    from litert_torch.quantize import pt2e_quantizer
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    x = torch.randn(8, 16)
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, (x,)).module(), quantizer)
+    prepared(x)
+    quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    converter = converters.get("litert")
+    path = converter._convert(_job(model, (x,), 1, tmp_path), quantized, QuantConfig(pt2e_quantizer=quantizer))
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner()
+    assert runner.get_input_details()["in_0"]["dtype"] == np.int8  # the path under test
+    assert runner.get_output_details()["out_0"]["dtype"] == np.int8
+    with torch.no_grad():
+        ref = [model(x).numpy()]
+    session = backends.get("litert").load(path, _manifest([x.numpy()], ref))
+    got = session.run([x.numpy()])
+    assert got[0].dtype == np.float32
+    parity = compare(got, ref, {"min_cosine": 0.99})
+    assert parity["passed"], parity["failures"]
+
+
+def test_unconvertible_op_is_a_conversion_error_naming_it(tmp_path):
+    job = _job(Histogram().eval(), (torch.randn(1, 16),), 1, tmp_path)
+    with pytest.raises(ConversionError) as info:
+        converters.get("litert").convert(job)
+    err = info.value
+    assert (err.op, err.device, err.format) == ("aten.histc.default", "android-litert", "litert")
+    assert "Try: replace aten.histc.default" in str(err)
+
+
+def test_unsupported_precision_is_refused_by_name(tmp_path):
+    job = _job(TwoInTwoOut().eval(), (torch.randn(1, 2), torch.randn(1, 2)), 2, tmp_path)
+    job.recipe = sdk.recipes.Recipe((sdk.recipes.Palettize(),))
+    with pytest.raises(UnsupportedRecipeError, match="palettize"):
+        converters.get("litert").convert(job)

@@ -1,0 +1,130 @@
+"""Quantization through each target's own toolchain, via sdk.export: sizes, held-out parity, sensitivity, fallback."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sdk
+from sdk.errors import InvalidInputsError, ParityError, UnsupportedRecipeError
+
+HOST_RUNNABLE_INT8 = ["android-arm64", "android-litert", "intel-cpu", "jetson-orin-nano"]
+
+
+class MidCNN(nn.Module):
+    """~0.4M parameters: big enough that an INT8 artifact's size ratio is about weights, not headers."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
+            nn.Conv2d(128, 256, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class OutlierMLP(nn.Module):
+    """One badly quantizable layer: `mid` reads a huge-outlier channel that per-tensor INT8 activations cannot
+    represent without flattening every other channel to zero (the LLM 'outlier feature' problem, in miniature)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(32, 64)
+        self.mid = nn.Linear(64, 64)
+        self.out = nn.Linear(64, 10)
+        with torch.no_grad():
+            self.inp.weight[0].zero_()
+            self.inp.bias[0] = 2000.0         # channel 0 of mid's input is a constant 2000 ...
+            self.mid.weight[:, 0] = 1e-4      # ... that mid barely uses: its output depends on the small channels
+
+    def forward(self, x):
+        return self.out(torch.relu(self.mid(torch.relu(self.inp(x)))))
+
+
+def _images(n: int, seed: int = 0) -> list[tuple[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(1, 3, 32, 32, generator=g) * 2 - 1,) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def mid_cnn():
+    torch.manual_seed(0)
+    m = MidCNN()
+    m.train()
+    with torch.no_grad():
+        for (x,) in _images(8, seed=9):
+            m(x)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def fp32_sizes(mid_cnn, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp32")
+    return {d: sdk.export(mid_cnn, d, _images(1)[0], recipe="fp32", output_dir=out).artifact.size_bytes
+            for d in HOST_RUNNABLE_INT8 + ["apple-ane"]}
+
+
+@pytest.fixture(scope="module")
+def int8_exports(mid_cnn, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8")
+    return {d: sdk.export(mid_cnn, d, _images(1)[0], recipe="int8", calibration=_images(20), output_dir=out)
+            for d in HOST_RUNNABLE_INT8 + ["apple-ane"]}
+
+
+@pytest.mark.parametrize("device_id", HOST_RUNNABLE_INT8 + ["apple-ane"])
+def test_int8_is_small_and_checked(device_id, int8_exports, fp32_sizes):
+    res = int8_exports[device_id]
+    ratio = res.artifact.size_bytes / fp32_sizes[device_id]
+    assert ratio <= 0.3, (device_id, ratio)
+    q = res.report["quantization"]
+    for key in ("toolchain", "scheme", "float_layers", "weight_dtypes", "heldout", "sensitivity", "fallback"):
+        assert key in q, (device_id, key)
+    assert q["heldout"]["source"].startswith("last 4 of 20")
+    assert len(q["sensitivity"]["worst"]) > 0
+    if device_id != "apple-ane":
+        assert res.report["parity"]["passed"] is True
+        assert q["heldout"]["outputs"][0]["cosine"] >= 0.99, q["heldout"]
+
+
+def test_static_int8_needs_calibration(mid_cnn, tmp_path):
+    with pytest.raises(InvalidInputsError, match="int8-dynamic"):
+        sdk.export(mid_cnn, "intel-cpu", _images(1)[0], recipe="int8", output_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_unsupported_int4_is_a_clear_error(mid_cnn, tmp_path):
+    with pytest.raises(UnsupportedRecipeError) as info:
+        sdk.export(mid_cnn, "android-litert", _images(1)[0], recipe=sdk.Int4Weight(group_size=32), output_dir=tmp_path)
+    assert "int4" in str(info.value) and "int8" in str(info.value)
+
+
+def _mlp_data(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 32, generator=g),) for _ in range(n)]
+
+
+@pytest.mark.parametrize("device_id", ["intel-cpu", "android-arm64", "jetson-orin-nano", "android-litert"])
+def test_fallback_keeps_the_outlier_layer_in_float(device_id, tmp_path):
+    model = OutlierMLP().eval()
+    tol = sdk.Tolerance(min_cosine=0.999)
+    res = sdk.export(model, device_id, _mlp_data(1, 5)[0], recipe="int8", calibration=_mlp_data(20, 1),
+                     tolerance=tol, output_dir=tmp_path)
+    q = res.report["quantization"]
+    assert q["sensitivity"]["worst"][0]["layer"] == "mid", q["sensitivity"]
+    assert "mid" in q["fallback"]["kept_float"], q["fallback"]
+    assert q["fallback"]["steps"][0]["met"] is False and q["fallback"]["steps"][-1]["met"] is True
+    assert any(f["name"] == "mid" for f in q["float_layers"])
+    assert q["heldout"]["outputs"][0]["cosine"] >= 0.999
+
+
+def test_unreachable_tolerance_says_how_close(tmp_path):
+    model = OutlierMLP().eval()
+    with pytest.raises(ParityError, match="best reached"):
+        sdk.export(model, "intel-cpu", _mlp_data(1, 5)[0], recipe="int8", calibration=_mlp_data(20, 1),
+                   tolerance=sdk.Tolerance(min_cosine=0.9, max_abs_err=1e-9), output_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
