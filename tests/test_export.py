@@ -163,17 +163,28 @@ def test_output_dir_is_a_file(tiny_cnn, tiny_input, tmp_path):
         sdk.export(tiny_cnn, "intel-cpu", tiny_input, output_dir=blocker / "sub")
 
 
-class Unconvertible(torch.nn.Module):
-    """Data-dependent output shape: no static-graph format can represent torch.nonzero's output size."""
+class Inverse(torch.nn.Module):
+    """torch.linalg.inv is outside the Core ATen opset that ExecuTorch lowers."""
 
     def forward(self, x):
-        return torch.nonzero(x > 0).float().sum(0, keepdim=True) + x.mean()
+        return torch.linalg.inv(x)
 
 
-@pytest.mark.parametrize("device_id", ["android-arm64", "apple-ane"])
-def test_unconvertible_op_names_op_and_format(device_id, tmp_path):
+class ErfInv(torch.nn.Module):
+    """coremltools has no conversion for erfinv."""
+
+    def forward(self, x):
+        return torch.erfinv(x.clamp(-0.5, 0.5))
+
+
+@pytest.mark.parametrize("device_id,model,inputs,op", [
+    ("android-arm64", Inverse(), (torch.eye(4) + 0.1,), "linalg_inv"),
+    ("apple-ane", ErfInv(), (torch.rand(1, 8),), "erfinv"),
+])
+def test_unconvertible_op_names_op_and_format(device_id, model, inputs, op, tmp_path):
     with pytest.raises(ConversionError) as info:
-        sdk.export(Unconvertible().eval(), device_id, (torch.randn(1, 8),), recipe="fp32", output_dir=tmp_path)
+        sdk.export(model.eval(), device_id, inputs, recipe="fp32", output_dir=tmp_path)
     msg = str(info.value)
-    assert sdk.devices.get(device_id).format in msg and "nonzero" in msg and "Try" in msg, msg
+    assert sdk.devices.get(device_id).format in msg and op in msg and "Try" in msg, msg
+    assert device_id in msg
     _no_partial(tmp_path)

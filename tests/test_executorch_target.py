@@ -1,0 +1,190 @@
+"""The ExecuTorch target end to end on the host: torch.export + XNNPACK lowering, run by the ExecuTorch runtime."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+import torch
+import torch.utils._pytree as pytree
+
+import backends
+import converters
+import sdk.devices
+import sdk.recipes
+from backends import InputMismatchError
+from converters import ConversionJob, ConversionResult
+from sdk.errors import ConversionError, UnsupportedRecipeError
+from sdk.parity import compare
+
+pytest.importorskip("executorch")
+
+PROFILE = sdk.devices.get("android-arm64")
+
+
+class SmallCNN(torch.nn.Module):
+    """conv + BN + ReLU + linear: every op has an XNNPACK kernel, BN folds into the conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+class MeanPoolCNN(torch.nn.Module):
+    """Pools with mean(dim=(2, 3)) without keepdim, which XNNPACK refuses: that op runs on portable kernels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+class Inverse(torch.nn.Module):
+    """linalg.inv has no core-ATen decomposition, so ExecuTorch has no kernel for it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.inv(x)
+
+
+class DataDependentBranch(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.sum() > 0 else x - 1
+
+
+def _outputs(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [t.numpy() for t in pytree.tree_leaves(model(*inputs))]
+
+
+def _job(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], workdir: Path, recipe: str | None = None,
+         ) -> ConversionJob:
+    return ConversionJob(model=model, example_inputs=inputs, recipe=sdk.recipes.resolve(PROFILE, recipe),
+                         profile=PROFILE, workdir=workdir, input_names=[f"in_{i}" for i in range(len(inputs))],
+                         output_names=[f"out_{i}" for i in range(len(_outputs(model, inputs)))])
+
+
+def _spec(name: str, array: np.ndarray) -> dict:
+    return {"name": name, "shape": list(array.shape), "dtype": str(array.dtype)}
+
+
+def _manifest(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict:
+    """The parts of a bundle manifest a backend reads."""
+    return {"inputs": [_spec(f"in_{i}", t.numpy()) for i, t in enumerate(inputs)],
+            "outputs": [_spec(f"out_{i}", a) for i, a in enumerate(_outputs(model, inputs))],
+            "runtime_options": dict(PROFILE.converter)}
+
+
+class Run(NamedTuple):
+    result: ConversionResult
+    path: Path
+    session: Any
+    got: list[np.ndarray]
+    ref: list[np.ndarray]
+
+
+def _convert_and_run(model, inputs, workdir: Path, recipe: str | None = None) -> Run:
+    """Convert, load with the ExecuTorch backend, run, and keep torch's outputs beside the runtime's."""
+    result = converters.get("executorch").convert(_job(model, inputs, workdir, recipe))
+    path = workdir / result.model_file
+    session = backends.get("executorch").load(path, _manifest(model, inputs))
+    return Run(result, path, session, session.run([t.numpy() for t in inputs]), _outputs(model, inputs))
+
+
+@pytest.fixture(scope="module")
+def small_cnn() -> tuple[torch.nn.Module, tuple[torch.Tensor]]:
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them is exercised
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    return model, (torch.randn(1, 3, 8, 8),)
+
+
+@pytest.fixture(scope="module")
+def cnn_fp32(small_cnn, tmp_path_factory):
+    return _convert_and_run(*small_cnn, tmp_path_factory.mktemp("et_cnn"))
+
+
+def test_cnn_matches_torch_and_is_delegated(cnn_fp32):
+    parity = compare(cnn_fp32.got, cnn_fp32.ref, {"min_cosine": 0.9999})
+    assert parity["passed"], parity["failures"]
+    cov = cnn_fp32.result.coverage
+    assert cov["delegates"] == ["XnnpackBackend"]
+    assert cov["delegated_fraction"] > 0.9
+    assert cov["delegated_nodes"] == 5 and cov["non_delegated_ops"] == {}  # conv, BN, ReLU, view, linear
+    assert cov["delegated_subgraphs"] == 1
+
+
+def test_refused_op_comes_with_xnnpack_reason(tmp_path):
+    run = _convert_and_run(MeanPoolCNN().eval(), (torch.randn(1, 3, 8, 8),), tmp_path)
+    assert compare(run.got, run.ref, {"min_cosine": 0.9999})["passed"]
+    cov = run.result.coverage
+    assert cov["non_delegated_ops"] == {"aten_mean_dim": 1}
+    assert "keepdim" in cov["non_delegated_reasons"]["aten_mean_dim"]
+    assert cov["delegated_subgraphs"] == 2 and cov["delegated_fraction"] == 0.75  # conv, ReLU, linear | mean
+
+
+def test_session_reports_runtime_and_refuses_wrong_inputs(cnn_fp32):
+    session = cnn_fp32.session
+    assert session.ran_on.startswith("executorch ") and "XNNPACK" in session.ran_on
+    with pytest.raises(InputMismatchError, match="shape"):
+        session.run([np.zeros((1, 3, 16, 16), np.float32)])
+    with pytest.raises(InputMismatchError, match="float32"):
+        session.run([np.zeros((1, 3, 8, 8), np.float64)])
+    with pytest.raises(InputMismatchError, match="1 input"):
+        session.run([])
+
+
+def test_manifest_that_does_not_match_the_program_is_refused(cnn_fp32, small_cnn):
+    manifest = _manifest(*small_cnn)
+    manifest["inputs"][0]["shape"] = [1, 3, 16, 16]
+    with pytest.raises(ValueError, match=r"model.pte takes inputs float32\[1, 3, 8, 8\]"):
+        backends.get("executorch").load(cnn_fp32.path, manifest)
+
+
+def test_two_inputs_tuple_of_two_outputs(two_in_two_out, two_inputs, tmp_path):
+    run = _convert_and_run(two_in_two_out, two_inputs, tmp_path)
+    assert [g.shape for g in run.got] == [r.shape for r in run.ref] == [(1, 8), (1, 4)]  # order kept
+    parity = compare(run.got, run.ref, {"min_cosine": 0.9999})
+    assert parity["passed"], parity["failures"]
+    assert run.result.coverage["non_delegated_nodes"] == 0  # the delegate's getitem unpacking is not an op
+
+
+def test_fp16_runs_in_half_with_float32_io(small_cnn, cnn_fp32, tmp_path):
+    run = _convert_and_run(*small_cnn, tmp_path, recipe="fp16")
+    assert run.got[0].dtype == np.float32
+    parity = compare(run.got, run.ref, {"min_cosine": 0.999})
+    assert parity["passed"], parity["failures"]
+    assert parity["outputs"][0]["sqnr_db"] < 90  # fp16 rounding shows (fp32 gives ~130 dB): not silently fp32
+    # the fp32 <-> fp16 casts at the program's boundary are the only ops left out of XNNPACK
+    assert run.result.coverage["non_delegated_ops"] == {"dim_order_ops__to_dim_order_copy_default": 2}
+    assert run.result.quantization["weights"] == "float16"
+    assert run.path.stat().st_size < 0.7 * cnn_fp32.path.stat().st_size  # the 5k linear weights are stored in fp16
+
+
+def test_op_without_kernel_is_named(tmp_path):
+    with pytest.raises(ConversionError) as info:
+        converters.get("executorch").convert(_job(Inverse(), (torch.randn(1, 3, 3),), tmp_path))
+    assert info.value.op == "aten.linalg_inv_ex.default"
+    assert "android-arm64" in str(info.value) and "Try:" in str(info.value)
+
+
+def test_data_dependent_control_flow_is_explained(tmp_path):
+    with pytest.raises(ConversionError, match="torch.export failed.*torch.cond"):
+        converters.get("executorch").convert(_job(DataDependentBranch(), (torch.randn(4),), tmp_path))
+
+
+def test_unsupported_precision_is_refused(small_cnn, tmp_path):
+    job = _job(*small_cnn, tmp_path)
+    job.recipe = sdk.recipes.Recipe((sdk.recipes.Palettize(),))  # a Core ML compression, not an ExecuTorch one
+    with pytest.raises(UnsupportedRecipeError, match="palettize"):
+        converters.get("executorch").convert(job)
