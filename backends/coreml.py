@@ -16,10 +16,13 @@ import numpy as np
 import backends
 from backends.base import Backend, check_inputs
 
-__all__ = ["CoreMLBackend", "CoreMLSession", "spec_summary"]
+__all__ = ["CoreMLBackend", "CoreMLSession", "spec_summary", "weight_storage"]
 
 #: MIL tensor dtypes that hold op parameters (shapes, axes, flags), not weights
 _PARAMETER_DTYPES = {"INT32", "INT64", "UINT32", "UINT64", "BOOL", "STRING"}
+#: the input of each compression op that holds the narrow data (iOS16 names them as attributes, iOS18 as inputs)
+_COMPRESSED_DATA = {"constexpr_affine_dequantize": "quantized_data", "constexpr_blockwise_shift_scale": "data",
+                    "constexpr_lut_to_dense": "indices", "constexpr_sparse_to_dense": "nonzero_data"}
 
 
 def spec_summary(model_path: str | Path) -> dict[str, Any]:
@@ -44,8 +47,8 @@ def spec_summary(model_path: str | Path) -> dict[str, Any]:
     weights: Counter[str] = Counter()
     main = spec.mlProgram.functions["main"]
     for op in _walk(main.block_specializations[main.opset].operations):
-        if op.type == "const" or op.type.startswith("constexpr_"):
-            for value in op.attributes.values():
+        if _is_const(op):
+            for _, value in _values(op):
                 tensor = value.type.tensorType
                 dtype = MIL_pb2.DataType.Name(tensor.dataType)
                 if tensor.rank > 0 and dtype not in _PARAMETER_DTYPES:
@@ -54,6 +57,79 @@ def spec_summary(model_path: str | Path) -> dict[str, Any]:
             ops[op.type] += 1
     summary |= {"opset": main.opset, "ops": dict(ops.most_common()), "weight_dtypes": dict(weights)}
     return summary
+
+
+def weight_storage(model_path: str | Path) -> list[dict[str, Any]]:
+    """How each weight of an ML program is stored, read from the saved spec.
+
+    A weight is a float constant of rank >= 2 that an op reads (conv/linear filters, embedding tables;
+    biases and norm scales are left out). One entry per (op, input): `op` (the op's name), `op_type`,
+    `input`, `shape` (the dense weight's), `numel` and `stored`: "float16"/"float32" for a plain
+    constant, the narrow data type for a linear quantization ("int8", "int4", ...), "lut_uint<n>" for
+    a palettization (n-bit indices into a float lookup table), else the compression op's type.
+    """
+    from coremltools.models.utils import load_spec
+    from coremltools.proto import MIL_pb2
+
+    spec = load_spec(str(model_path))
+    if spec.WhichOneof("Type") != "mlProgram":
+        return []
+    main = spec.mlProgram.functions["main"]
+    operations = list(_walk(main.block_specializations[main.opset].operations))
+    producers = {output.name: op for op in operations for output in op.outputs}
+    entries = []
+    for op in operations:
+        if _is_const(op):
+            continue
+        for param, binding in op.inputs.items():
+            for argument in binding.arguments:
+                source = producers.get(argument.name) if argument.WhichOneof("binding") == "name" else None
+                if source is None or not _is_const(source):
+                    continue
+                tensor = next(o for o in source.outputs if o.name == argument.name).type.tensorType
+                if tensor.rank < 2 or not MIL_pb2.DataType.Name(tensor.dataType).startswith("FLOAT"):
+                    continue
+                shape = [d.constant.size for d in tensor.dimensions]
+                entries.append({"op": _name(op), "op_type": op.type, "input": param, "shape": shape,
+                                "numel": int(np.prod(shape)), "stored": _stored(source, producers)})
+    return entries
+
+
+def _stored(op: Any, producers: Mapping[str, Any]) -> str:
+    from coremltools.proto import MIL_pb2
+
+    values = dict(_values(op, producers))
+    if op.type == "const":
+        return MIL_pb2.DataType.Name(values["val"].type.tensorType.dataType).lower()
+    if op.type == "constexpr_lut_to_dense":
+        dims = [d.constant.size for d in values["lut"].type.tensorType.dimensions]
+        entries = dims[0] if len(dims) == 1 else dims[-2]  # iOS16: (2**n,); iOS18: (..., 2**n, vector size)
+        return f"lut_uint{int(entries).bit_length() - 1}"
+    data = values.get(_COMPRESSED_DATA.get(op.type, ""))
+    return MIL_pb2.DataType.Name(data.type.tensorType.dataType).lower() if data is not None else op.type
+
+
+def _is_const(op: Any) -> bool:
+    return op.type == "const" or op.type.startswith("constexpr_")
+
+
+def _values(op: Any, producers: Mapping[str, Any] | None = None) -> Iterator[tuple[str, Any]]:
+    """A constant op's tensor values by name: attributes (const, iOS16 constexpr ops) and inputs bound to
+    values (iOS18 constexpr ops); with `producers`, inputs bound to other constants' names too."""
+    yield from op.attributes.items()
+    for key, binding in op.inputs.items():
+        for argument in binding.arguments:
+            if argument.WhichOneof("binding") == "value":
+                yield key, argument.value
+            elif producers is not None and argument.name in producers:
+                source = producers[argument.name]
+                if source.type == "const":
+                    yield key, source.attributes["val"]
+
+
+def _name(op: Any) -> str:
+    name = op.attributes.get("name")
+    return name.immediateValue.tensor.strings.values[0] if name is not None else op.outputs[0].name
 
 
 def _walk(operations: Sequence[Any]) -> Iterator[Any]:

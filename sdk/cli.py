@@ -4,7 +4,7 @@ Errors print one paragraph and exit non-zero; `--debug` shows the traceback.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import logging
 import sys
@@ -68,16 +68,17 @@ def _load_attr(spec: str, what: str) -> Any:
     if not sep or not target or not attr:
         raise UserInputError(f"{what} must look like path/to/file.py:name or package.module:name, got {spec!r}")
     if target.endswith(".py"):
-        path = Path(target)
+        path = Path(target).resolve()
         if not path.is_file():
             raise UserInputError(f"{what}: file {target} does not exist")
-        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.path.insert(0, str(path.parent.resolve()))
-        try:
-            mod_spec.loader.exec_module(module)
-        finally:
-            sys.path.pop(0)
+        # Import it the way python would from its package root, so its own package imports work.
+        root, parts = path.parent, [path.stem]
+        while (root / "__init__.py").is_file():
+            parts.insert(0, root.name)
+            root = root.parent
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        module = importlib.import_module(".".join(parts))
     else:
         module = importlib.import_module(target)
     if not hasattr(module, attr):

@@ -63,9 +63,12 @@ class HeldOutEvaluator:
 
     def __call__(self, result: ConversionResult, keep_float: frozenset[str]) -> dict[str, Any]:
         if self.unavailable:
+            weight_only = weight_only_artifact(result)
+            skip = set(keep_float) | toolchain_float_layers(result)  # simulate what the artifact holds
             outputs = [[t.numpy() for t in o] for o in simulate(self.job.model, self.job.precision, self.calibration,
-                                                               self.heldout, keep_float)]
-            ran_on = f"simulated in torch with fake-quant ({self.job.profile.runtime} cannot run here: {self.unavailable})"
+                                                               self.heldout, skip, weight_only)]
+            ran_on = (f"simulated in torch with fake-quant{' of weights only' if weight_only else ''} "
+                      f"({self.job.profile.runtime} cannot run here: {self.unavailable})")
         else:
             manifest = {"inputs": _specs("in", self.job.example_inputs), "outputs": _specs("out", self.reference[0]),
                         "runtime_options": dict(self.job.profile.converter)}
@@ -78,6 +81,16 @@ class HeldOutEvaluator:
         return {"ran_on": ran_on, "samples": len(self.heldout), **compare(got, ref, {"min_cosine": -1.0})}
 
 
+def weight_only_artifact(result: ConversionResult) -> bool:
+    """True when the converter says activations stayed in float (weight-only quantization)."""
+    return str((result.quantization or {}).get("activations", "")).startswith("float")
+
+
+def toolchain_float_layers(result: ConversionResult) -> set[str]:
+    """Layers the converter reports as left in float (skipped by the toolchain or requested)."""
+    return {entry["name"] for entry in (result.quantization or {}).get("float_layers", [])}
+
+
 def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: Tolerance, user_tolerance: bool,
                       heldout: list[tuple], heldout_source: str, convert: Callable[[Converter, ConversionJob], ConversionResult],
                       max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS) -> ConversionResult:
@@ -85,12 +98,9 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
     config = job.precision
     calib = job.calibration or [job.example_inputs]
     evaluate = HeldOutEvaluator(job, heldout, job.calibration)
-    log.info("measuring per-layer sensitivity to %s", config)
-    sensitivity = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES], heldout[:MAX_SENSITIVITY_SAMPLES])
-
     keep: list[str] = []
-    steps = []
-    candidates = [row["layer"] for row in sensitivity]
+    steps: list[dict[str, Any]] = []
+    sensitivity: list[dict[str, Any]] | None = None
     while True:
         _clear(job.workdir)
         attempt = replace(job, keep_float=frozenset(keep))
@@ -100,9 +110,14 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
         problems = _misses(parity, tolerance)
         steps.append({"kept_float": list(keep), "min_cosine": min(o["cosine"] for o in parity["outputs"]),
                       "min_sqnr_db": _min_or_none(o["sqnr_db"] for o in parity["outputs"]), "met": not problems})
+        if sensitivity is None:  # after the first conversion, which says whether activations were quantized
+            log.info("measuring per-layer sensitivity to %s", config)
+            sensitivity = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES],
+                                            heldout[:MAX_SENSITIVITY_SAMPLES], weight_only=weight_only_artifact(result))
         if not problems or not user_tolerance:
             break
-        remaining = [c for c in candidates if c not in keep]
+        already_float = toolchain_float_layers(result)
+        remaining = [row["layer"] for row in sensitivity if row["layer"] not in keep and row["layer"] not in already_float]
         if not remaining or len(keep) >= max_fallback_layers:
             _clear(job.workdir)
             raise ParityError(
@@ -117,14 +132,17 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
     report.update({
         "config": config.to_string(),
         "heldout": {"source": heldout_source, **parity},
-        "sensitivity": {"method": "torch fake-quant of the same scheme, one layer at a time; sorted by model-output SQNR",
+        "sensitivity": {"method": "torch fake-quant of the same scheme, one layer at a time; sorted by model-output SQNR"
+                                  + (" (weights only, as the artifact keeps activations in float)"
+                                     if weight_only_artifact(result) else ""),
                         "layers_measured": len(sensitivity), "worst": sensitivity[:TOP_OFFENDERS]},
         "fallback": {"tolerance": tolerance.to_dict() if user_tolerance else None, "kept_float": keep, "steps": steps},
         "quantizable_layers": len(quantizable_layers(job.model)),
     })
-    report.setdefault("float_layers", [])
-    for name in keep:
-        report["float_layers"].append({"name": name, "reason": "kept in float by the fallback to meet the tolerance"})
+    floats = {entry["name"]: entry for entry in report.get("float_layers", [])}
+    for name in keep:  # the converter saw these as requested; say who requested them and why
+        floats[name] = {"name": name, "reason": "kept in float by the fallback to meet the tolerance"}
+    report["float_layers"] = list(floats.values())
     result.quantization = report
     return result
 

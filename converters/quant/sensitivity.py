@@ -104,9 +104,12 @@ def _input_ranges(model: nn.Module, layers: Sequence[str], samples: Iterable[tup
 class _Simulator:
     """Fake-quantizes chosen layers of a model in place of their forward, per the recipe's scheme."""
 
-    def __init__(self, model: nn.Module, config: Config, calibration: Sequence[tuple], layers: Sequence[str]):
+    def __init__(self, model: nn.Module, config: Config, calibration: Sequence[tuple], layers: Sequence[str],
+                 weight_only: bool = False):
         self.modules = dict(model.named_modules())
-        self.static, self.dynamic = isinstance(config, Int8Static), isinstance(config, Int8Dynamic)
+        activations = not weight_only
+        self.static = activations and isinstance(config, Int8Static)
+        self.dynamic = activations and isinstance(config, Int8Dynamic)
         self.ranges = _input_ranges(model, layers, calibration) if self.static else {}
         weight_q = _weight_fn(config)
         self.qweights = {name: weight_q(self.modules[name].weight.detach()) for name in layers}
@@ -141,14 +144,15 @@ def _model_sqnr(reference: list[list[torch.Tensor]], outputs: list[list[torch.Te
 
 
 def layer_sensitivity(model: nn.Module, config: Config, calibration: Sequence[tuple], eval_inputs: Sequence[tuple],
-                      layers: Sequence[str] | None = None) -> list[dict]:
+                      layers: Sequence[str] | None = None, weight_only: bool = False) -> list[dict]:
     """SQNR (dB) of each layer's own output and of the model outputs with only that layer quantized.
 
-    Sorted worst first by the model-output SQNR, the figure the fallback has to raise.
+    Sorted worst first by the model-output SQNR, the figure the fallback has to raise. `weight_only`
+    leaves activations in float, for artifacts whose toolchain quantized weights only.
     """
     model = model.eval()
     layers = list(layers) if layers is not None else quantizable_layers(model)
-    sim = _Simulator(model, config, calibration, layers)
+    sim = _Simulator(model, config, calibration, layers, weight_only)
     reference = _run(model, eval_inputs)
     results = []
     for name in layers:
@@ -166,13 +170,13 @@ def layer_sensitivity(model: nn.Module, config: Config, calibration: Sequence[tu
 
 
 def simulate(model: nn.Module, config: Config, calibration: Sequence[tuple], eval_inputs: Sequence[tuple],
-             keep_float: Iterable[str] = ()) -> list[list[torch.Tensor]]:
+             keep_float: Iterable[str] = (), weight_only: bool = False) -> list[list[torch.Tensor]]:
     """Model outputs with every quantizable layer fake-quantized except `keep_float`: the fallback's
     estimate for targets that cannot run on this host, always labelled as simulated in the report."""
     model = model.eval()
     skip = set(keep_float)
     layers = [n for n in quantizable_layers(model) if n not in skip]
-    sim = _Simulator(model, config, calibration, layers)
+    sim = _Simulator(model, config, calibration, layers, weight_only)
     handles = [sim.hook(name) for name in layers]
     try:
         return _run(model, eval_inputs)
