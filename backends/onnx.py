@@ -1,8 +1,10 @@
 """ONNX runtimes: `tensorrt` (TensorRT through ONNX Runtime's TensorRT execution provider) and plain `onnxruntime`.
 
 One code path: an ONNX Runtime session whose execution providers are chosen from what this ONNX Runtime
-build offers. On a Jetson with onnxruntime-gpu, `tensorrt` builds a TensorRT engine (fp16 when the
-recipe asks for it); elsewhere it falls back to CUDA, then CPU, and `ran_on` says which ran and why.
+build offers. On a Jetson with onnxruntime-gpu, `tensorrt` builds a TensorRT engine with the builder
+flags the recipe needs (fp16; INT8 for the Q/DQ graphs of "int8" and "int4", which TensorRT's explicit
+quantization requires before version 10's strongly typed networks; fp16 for "int4", whose INT4 weights
+feed fp16 matrix multiplies); elsewhere it falls back to CUDA, then CPU, and `ran_on` says which ran and why.
 The TensorRT-provider path is not exercised on this project's CPU-only CI.
 """
 from __future__ import annotations
@@ -89,18 +91,23 @@ class TensorRTBackend(_OrtBackend):
         # Engines take minutes to build on a Jetson: cache them (keyed by model and options by ORT).
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-sdk" / "tensorrt"
         cache.mkdir(parents=True, exist_ok=True)
-        return name, {"trt_fp16_enable": _fp16(manifest), "trt_engine_cache_enable": True,
-                      "trt_engine_cache_path": str(cache)}
+        flags = _engine_flags(manifest)
+        return name, {"trt_fp16_enable": "fp16" in flags, "trt_int8_enable": "int8" in flags,
+                      "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
 
     def _caveat(self, used: str, available: list[str], manifest: Mapping[str, Any]) -> str:
+        flags = _engine_flags(manifest)
         if used == TRT:
-            precision = "fp16" if _fp16(manifest) else "fp32"
-            return f" ({precision} engine; ONNX Runtime gives nodes TensorRT rejects to CUDA)"
+            return f" ({' + '.join([*flags, 'fp32'])} engine; ONNX Runtime gives nodes TensorRT rejects to CUDA)"
         why = (f"{TRT} failed to initialise (TensorRT libraries or GPU missing)" if TRT in available
                else f"this onnxruntime build has no {TRT} (it has {', '.join(available)})")
-        lost = "; the recipe's fp16 engine precision is not applied, the fp32 graph ran" if _fp16(manifest) else ""
+        lost = ("; the recipe's fp16 engine precision is not applied, the fp32 graph ran" if flags == ["fp16"]
+                else "; the Q/DQ graph ran on ONNX Runtime's own kernels" if "int8" in flags else "")
         return f" (stand-in for TensorRT: {why}{lost})"
 
 
-def _fp16(manifest: Mapping[str, Any]) -> bool:
-    return "fp16" in manifest.get("recipe", [])
+def _engine_flags(manifest: Mapping[str, Any]) -> list[str]:
+    """The TensorRT builder precisions the bundle's recipe needs, besides fp32."""
+    precisions = {entry.partition(":")[0] for entry in manifest.get("recipe", [])}
+    return [flag for flag, needed_by in (("fp16", {"fp16", "int4"}), ("int8", {"int8", "int4"}))
+            if precisions & needed_by]

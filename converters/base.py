@@ -30,6 +30,8 @@ class ConversionResult:
     coverage_reason: str | None = None
     quantization: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    #: what the runtime must know that differs from the profile's [converter] table (e.g. the real ONNX opset)
+    runtime_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

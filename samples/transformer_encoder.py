@@ -74,6 +74,7 @@ def build(small: bool = False, num_classes: int = 10, seed: int | None = 0) -> T
     return TransformerEncoder(in_dim=128, dim=384, depth=4, heads=6, seq_len=64, num_classes=num_classes).eval()
 
 
-def example_inputs(model: TransformerEncoder, batch: int = 1) -> tuple[torch.Tensor]:
-    """One random input batch of the shape `model` takes."""
-    return (torch.randn(batch, model.seq_len, model.in_dim),)
+def example_inputs(model: TransformerEncoder | None = None, batch: int = 1) -> tuple[torch.Tensor]:
+    """One random input batch of the shape `model` takes (default: the full-size `build()`)."""
+    seq_len, in_dim = (model.seq_len, model.in_dim) if model is not None else (64, 128)
+    return (torch.randn(batch, seq_len, in_dim),)

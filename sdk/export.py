@@ -72,7 +72,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     evaluation = _materialize_calibration(eval_data, len(inputs), "eval_data")
     quantizing = quantization.is_quantizing(plan.precision)
     if quantizing:  # fail early, before any long pass, if static INT8 has no calibration data
-        quantization.split_calibration(plan.precision, calib, evaluation, inputs, profile.id)
+        quantization.split_calibration(plan.precision, calib, evaluation, inputs, profile)
 
     model_info = {"params": count_params(original), "macs": count_macs(original, inputs)}
     timings: dict[str, float] = {}
@@ -98,7 +98,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
                             output_names=[f"out_{i}" for i in range(len(reference_out))], calibration=calib)
         if quantizing:
             job.calibration, heldout, source = quantization.split_calibration(plan.precision, calib, evaluation,
-                                                                              inputs, profile.id)
+                                                                              inputs, profile)
             result = quantization.convert_quantized(converter, job, tolerance=tol, user_tolerance=tolerance is not None,
                                                     heldout=heldout, heldout_source=source, convert=_convert)
         else:
@@ -110,7 +110,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
         writer.write_reference(np_inputs, np_outputs)
         manifest = writer.write_manifest(
             device=profile.id, fmt=profile.format, runtime=profile.runtime, model_file=result.model_file,
-            inputs=np_inputs, outputs=np_outputs, recipe=plan.to_strings(), runtime_options=profile.converter,
+            inputs=np_inputs, outputs=np_outputs, recipe=plan.to_strings(),
+            runtime_options={**profile.converter, **result.runtime_options},
             extra={"tolerance": tol.to_dict()})
 
         log.info("validating %s", profile.id)

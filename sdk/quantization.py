@@ -18,6 +18,7 @@ import torch
 import backends
 from converters.base import ConversionJob, ConversionResult, Converter
 from converters.quant.sensitivity import layer_sensitivity, quantizable_layers, simulate
+from sdk.devices import DeviceProfile
 from sdk.errors import InvalidInputsError, ParityError
 from sdk.parity import compare
 from sdk.recipes import Config, Int8Static, Tolerance
@@ -36,13 +37,17 @@ def is_quantizing(config: Config) -> bool:
 
 
 def split_calibration(config: Config, calibration: list[tuple] | None, eval_data: list[tuple] | None,
-                      example_inputs: tuple, device: str) -> tuple[list[tuple] | None, list[tuple], str]:
+                      example_inputs: tuple, profile: DeviceProfile) -> tuple[list[tuple] | None, list[tuple], str]:
     """(calibration set, held-out set, where the held-out set came from)."""
     if isinstance(config, Int8Static) and not calibration:
+        if "int8-dynamic" in profile.precisions:
+            instead = "or use 'int8-dynamic', which quantizes activations at run time and needs none."
+        else:
+            others = [p for p in profile.precisions if p not in ("int8", "fp32")]
+            instead = f"or use one of {', '.join(others)} ({profile.id} has no run-time activation quantization)."
         raise InvalidInputsError(
-            f"static INT8 ({config}) for {device} needs calibration data to set activation ranges: pass "
-            "calibration=<iterable of input tuples> (a DataLoader works; 100-500 real samples is typical), "
-            "or use 'int8-dynamic', which quantizes activations at run time and needs none.")
+            f"static INT8 ({config}) for {profile.id} needs calibration data to set activation ranges: pass "
+            f"calibration=<iterable of input tuples> (a DataLoader works; 100-500 real samples is typical), {instead}")
     if eval_data:
         return calibration, eval_data, f"eval_data ({len(eval_data)} samples)"
     if calibration and len(calibration) >= 2:

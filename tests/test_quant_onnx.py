@@ -1,0 +1,303 @@
+"""ONNX-for-TensorRT quantization with ONNX Runtime's own quantizers; ONNX Runtime's CPU provider runs the result.
+
+Weight dtypes are read back from the saved model (the initializer behind each DequantizeLinear, or the float
+initializer itself), and every Q/DQ is checked for what TensorRT needs (zero point 0, no int32 biases, int4
+blocks TensorRT takes). TensorRT itself is not on this host: `ran_on` says ONNX Runtime stood in.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, numpy_helper
+
+import backends
+import converters
+import sdk
+from converters.base import ConversionJob
+from converters.onnx import layer_weights, module_of
+from converters.quant.sensitivity import quantizable_layers
+from samples import transformer_encoder
+from sdk import devices, recipes
+from sdk.errors import ConversionError, UnsupportedRecipeError
+from sdk.parity import compare
+
+PROFILE = devices.get("jetson-orin-nano")
+KEPT = "features.6"  # a conv with no BatchNorm after it, so its float weights reach the file unchanged
+INT4 = recipes.Int4Weight(group_size=128)
+
+
+class Net(nn.Module):
+    """~0.4M parameters: conv-BN-ReLU blocks, plain convs and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class DeadInputOutlier(nn.Module):
+    """`mid` has a huge weight on an input that is always zero: harmless in float, but it sets every
+    per-channel INT8 scale, so all its other weights round to zero. Only keeping `mid` in float fixes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.mid, self.out = nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 8)
+        with torch.no_grad():
+            self.inp.weight[0].zero_()
+            self.inp.bias[0] = -1.0  # ReLU makes input 0 of `mid` zero for every sample
+            self.mid.weight[:, 0] = 50.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.mid(torch.relu(self.inp(x)))))
+
+
+def _images(n: int, seed: int) -> list[tuple[torch.Tensor]]:
+    """Smooth image-like inputs (upsampled noise), so activations have realistic ranges."""
+    g = torch.Generator().manual_seed(seed)
+    return [(nn.functional.interpolate(torch.randn(1, 3, 8, 8, generator=g), size=32, mode="bilinear")
+             + 0.1 * torch.randn(1, 3, 32, 32, generator=g),) for _ in range(n)]
+
+
+def _convert(model: nn.Module, workdir: Path, recipe: str | recipes.Config, example: tuple,
+             keep_float: frozenset[str] = frozenset(), calibration: list | None = None):
+    job = ConversionJob(model=model, example_inputs=example, recipe=recipes.resolve(PROFILE, [recipe]),
+                        profile=PROFILE, workdir=workdir, input_names=[f"in_{i}" for i in range(len(example))],
+                        output_names=[f"out_{i}" for i in range(len(_outputs(model, example)))],
+                        calibration=calibration, keep_float=keep_float)
+    result = converters.get("onnx").convert(job)
+    return result, workdir / result.model_file
+
+
+def _run(model: nn.Module, path: Path, samples: list[tuple[torch.Tensor, ...]], recipe: str) -> tuple[dict, str]:
+    """Held-out parity through the SDK's tensorrt backend (ONNX Runtime's CPU provider standing in)."""
+    refs = [_outputs(model, s) for s in samples]
+    manifest = {"inputs": [{"name": f"in_{i}", "shape": list(t.shape), "dtype": "float32"}
+                           for i, t in enumerate(samples[0])],
+                "outputs": [{"name": f"out_{i}", "shape": list(r.shape), "dtype": "float32"}
+                            for i, r in enumerate(refs[0])],
+                "runtime_options": dict(PROFILE.converter), "recipe": [str(recipe)]}
+    session = backends.get("tensorrt").load(path, manifest)
+    got = [session.run([t.numpy() for t in s]) for s in samples]
+    outputs = range(len(refs[0]))
+    return compare([np.concatenate([g[i] for g in got]) for i in outputs],
+                   [np.concatenate([r[i] for r in refs]) for i in outputs], {"min_cosine": -1.0}), session.ran_on
+
+
+def _outputs(model: nn.Module, sample: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = model(*sample)
+    return [t.numpy() for t in ((out,) if isinstance(out, torch.Tensor) else out)]
+
+
+def _stored(path: Path) -> dict[str, np.ndarray]:
+    """The weight each Conv/Gemm/MatMul node reads, as stored in the file, by node name."""
+    model = onnx.load(str(path))
+    tensors = {t.name: t for t in model.graph.initializer}
+    return {node.name: tensors[weight] for node, weight, _ in layer_weights(model)}
+
+
+def _qdq(path: Path) -> tuple[onnx.ModelProto, dict[str, TensorProto], list]:
+    model = onnx.load(str(path))
+    return model, {t.name: t for t in model.graph.initializer}, [
+        n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    model = Net().eval()
+    with torch.no_grad():  # non-trivial BN statistics, so folding BN before quantizing is exercised
+        for bn in (model.features[1], model.features[4]):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def calibration() -> list[tuple[torch.Tensor]]:
+    return _images(16, 1)
+
+
+@pytest.fixture(scope="module")
+def heldout() -> list[tuple[torch.Tensor]]:
+    return _images(8, 2)
+
+
+@pytest.fixture(scope="module")
+def fp32(net, tmp_path_factory):
+    return _convert(net, tmp_path_factory.mktemp("fp32"), "fp32", _images(1, 0)[0])
+
+
+@pytest.fixture(scope="module")
+def int8(net, calibration, tmp_path_factory):
+    return _convert(net, tmp_path_factory.mktemp("int8"), "int8", _images(1, 0)[0], calibration=calibration)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> nn.Module:
+    return transformer_encoder.build()  # 4 layers, d=384
+
+
+@pytest.fixture(scope="module")
+def encoder_fp32(encoder, tmp_path_factory):
+    return _convert(encoder, tmp_path_factory.mktemp("enc_fp32"), "fp32", transformer_encoder.example_inputs(encoder))
+
+
+@pytest.fixture(scope="module")
+def int4_kept(encoder, tmp_path_factory):
+    return _convert(encoder, tmp_path_factory.mktemp("enc_int4"), INT4, transformer_encoder.example_inputs(encoder),
+                    keep_float=frozenset({"layers.0.attn.q"}))
+
+
+def test_int8_quantizes_every_layer_in_tensorrt_form(net, int8, fp32, heldout):
+    result, path = int8
+    q = result.quantization
+    assert q["weight_dtypes"] == {"int8": 5}  # read back from the file
+    assert q["quantized_layers"] == quantizable_layers(net) and q["float_layers"] == []
+    assert "quantize_static" in q["toolchain"] and "16 calibration samples" in q["scheme"]
+    assert path.stat().st_size <= 0.3 * fp32[1].stat().st_size
+    model, tensors, qdq = _qdq(path)
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17  # the profile's
+    zero_points = [numpy_helper.to_array(tensors[n.input[2]]) for n in qdq]
+    assert len(zero_points) == len(qdq) and all(not z.any() for z in zero_points)  # symmetric: TensorRT's rule
+    assert {tensors[n.input[0]].data_type for n in qdq if n.input[0] in tensors} == {TensorProto.INT8}  # no int32 bias
+    consumers = {i: n.op_type for n in model.graph.node for i in n.input}
+    dequantized = [n.output[0] for n in qdq if n.op_type == "DequantizeLinear"]
+    assert {consumers[t] for t in dequantized} == {"Conv", "Gemm"}  # Q/DQ only on the weighted ops' inputs
+    parity, ran_on = _run(net, path, heldout, "int8")
+    assert parity["outputs"][0]["cosine"] >= 0.99 and parity["outputs"][0]["max_abs_err"] > 0
+    assert "stand-in for TensorRT" in ran_on and "Q/DQ graph ran on ONNX Runtime" in ran_on
+    assert any("Tensor Cores" in note for note in result.notes)
+
+
+def test_keep_float_leaves_exactly_that_layers_weight_float(net, calibration, heldout, tmp_path):
+    result, path = _convert(net, tmp_path, "int8", _images(1, 0)[0], frozenset({KEPT}), calibration)
+    q = result.quantization
+    assert q["weight_dtypes"] == {"int8": 4, "fp32": 1}
+    assert q["float_layers"] == [{"name": KEPT, "reason": "kept in float on request"}]
+    assert q["quantized_layers"] == [name for name in quantizable_layers(net) if name != KEPT]
+    stored = _stored(path)
+    kept = stored.pop(f"/features/{KEPT}/Conv")
+    np.testing.assert_array_equal(numpy_helper.to_array(kept), net.get_submodule(KEPT).weight.detach().numpy())
+    assert {t.data_type for t in stored.values()} == {TensorProto.INT8}
+    parity, _ = _run(net, path, heldout, "int8")
+    assert parity["outputs"][0]["cosine"] >= 0.99
+
+
+def test_keep_float_accepts_a_container(net, calibration, tmp_path):
+    result, _ = _convert(net, tmp_path, "int8", _images(1, 0)[0], frozenset({"features"}), calibration)
+    q = result.quantization
+    assert q["quantized_layers"] == ["head"] and q["weight_dtypes"] == {"int8": 1, "fp32": 4}
+    assert q["float_layers"][0]["reason"] == "kept in float on request (inside kept module 'features')"
+
+
+def test_int8_two_inputs_two_outputs_and_a_shared_layer(two_in_two_out, two_inputs, tmp_path):
+    g = torch.Generator().manual_seed(3)
+    samples = [(torch.randn(1, 16, generator=g), torch.randn(1, 16, generator=g)) for _ in range(12)]
+    result, path = _convert(two_in_two_out, tmp_path, "int8", two_inputs, calibration=samples[:8])
+    assert result.quantization["quantized_layers"] == ["a", "b"]
+    assert result.quantization["weight_dtypes"] == {"int8": 2}  # `a` runs twice on one stored weight
+    parity, _ = _run(two_in_two_out, path, samples[8:], "int8")
+    assert [o["cosine"] >= 0.99 for o in parity["outputs"]] == [True, True]
+
+
+def test_int4_encoder_is_blockwise_weight_only_qdq(encoder, int4_kept, encoder_fp32):
+    result, path = int4_kept
+    q = result.quantization
+    assert q["weight_dtypes"] == {"int4": 24, "fp32": 2}  # 4 x 6 Linears + embed, one kept; the head is a Gemm
+    assert {f["name"] for f in q["float_layers"]} == {"layers.0.attn.q", "head"}
+    assert "Gemm" in next(f["reason"] for f in q["float_layers"] if f["name"] == "head")
+    assert q["activations"].startswith("float")  # the driver's weight-only marker
+    assert path.stat().st_size <= 0.2 * encoder_fp32[1].stat().st_size
+    model, tensors, qdq = _qdq(path)
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 21 and model.ir_version >= 10
+    assert not [n for n in qdq if n.op_type == "QuantizeLinear"]  # weight-only: activations never quantized
+    for node in qdq:
+        attrs = {a.name: a.i for a in node.attribute}
+        assert attrs == {"axis": 0, "block_size": 128} and len(node.input) == 2  # no zero point: symmetric
+        assert tensors[node.input[0]].data_type == TensorProto.INT4
+    assert any("TensorRT >= 10" in note for note in result.notes)
+
+
+def test_int4_keeps_the_requested_linear_float_and_tracks_fp32(encoder, int4_kept):
+    stored = _stored(int4_kept[1])
+    weight = numpy_helper.to_array(stored.pop("/layers/layers.0/attn/q/MatMul"))
+    np.testing.assert_array_equal(weight, encoder.layers[0].attn.q.weight.detach().numpy().T)  # MatMul takes W^T
+    assert sum(t.data_type == TensorProto.INT4 for t in stored.values()) == 24
+    g = torch.Generator().manual_seed(4)
+    samples = [(torch.randn(1, encoder.seq_len, encoder.in_dim, generator=g),) for _ in range(4)]
+    parity, ran_on = _run(encoder, int4_kept[1], samples, str(INT4))
+    assert parity["outputs"][0]["cosine"] >= 0.97 and parity["outputs"][0]["max_abs_err"] > 0
+    assert "stand-in for TensorRT" in ran_on
+
+
+def test_int4_leaves_a_linear_float_when_blocks_do_not_divide_it(tmp_path):
+    model = nn.Sequential(nn.Linear(192, 64), nn.GELU(), nn.Linear(64, 128)).eval()  # K=192 is not 128 x n
+    result, _ = _convert(model, tmp_path, INT4, (torch.randn(1, 4, 192),))
+    q = result.quantization
+    assert q["quantized_layers"] == [] and q["weight_dtypes"] == {"fp32": 2}
+    reasons = {f["name"]: f["reason"] for f in q["float_layers"]}
+    assert "192 is not a multiple of the block size 128" in reasons["0"]
+    assert "64 is not a multiple" in reasons["2"]
+
+
+def test_requests_tensorrt_cannot_build_are_refused(net, encoder, tmp_path):
+    with pytest.raises(UnsupportedRecipeError, match="blocks of 64 or 128") as info:
+        _convert(encoder, tmp_path, "int4", transformer_encoder.example_inputs(encoder))  # group 32
+    assert "int4:128" in str(info.value)
+    assert "int8-dynamic" not in converters.get("onnx").supported
+    with pytest.raises(UnsupportedRecipeError, match="int8-dynamic"):
+        sdk.export(net, "jetson", _images(1, 0)[0], recipe=["int8-dynamic"], output_dir=tmp_path)
+    with pytest.raises(ConversionError, match="features.99"):
+        _convert(net, tmp_path, "int8", _images(1, 0)[0], frozenset({"features.99"}), _images(2, 3))
+    assert not list(tmp_path.iterdir())
+
+
+def test_node_names_map_back_to_modules():
+    modules = ["layers", "layers.0", "layers.0.attn", "layers.0.attn.q", "blocks.1", "blocks.1.conv", "head"]
+    assert module_of("/layers/layers.0/attn/q/MatMul", modules) == "layers.0.attn.q"
+    assert module_of("/layers/layers.0/attn/MatMul_1", modules) == "layers.0.attn"
+    assert module_of("/blocks.1/conv/Conv", modules) == "blocks.1.conv"  # a ModuleList adds no scope
+    assert module_of("/head/Gemm", modules) == "head"
+    assert module_of("/ReduceMean", modules) is None and module_of("/nope/Conv", modules) is None
+
+
+def test_export_reports_the_quantization_end_to_end(net, tmp_path):
+    res = sdk.export(net, "jetson", _images(1, 0)[0], recipe=["int8"], calibration=_images(20, 4),
+                     output_dir=tmp_path)
+    q = res.report["quantization"]
+    assert {"toolchain", "scheme", "quantized_layers", "float_layers", "weight_dtypes",
+            "heldout", "sensitivity", "fallback"} <= set(q)
+    assert q["weight_dtypes"] == {"int8": 5}
+    assert q["heldout"]["samples"] == 4 and q["heldout"]["outputs"][0]["cosine"] >= 0.99
+    assert "stand-in for TensorRT" in q["heldout"]["ran_on"]
+    assert res.report["parity"]["passed"]
+
+
+def test_fallback_finds_the_outlier_layer_and_keeps_it_float(tmp_path):
+    torch.manual_seed(5)
+    model = DeadInputOutlier().eval()
+    calibration = [(torch.randn(1, 16),) for _ in range(20)]
+    res = sdk.export(model, "jetson", calibration[0], recipe=["int8"], calibration=calibration,
+                     tolerance=sdk.Tolerance(min_cosine=0.99), output_dir=tmp_path)
+    q = res.report["quantization"]
+    assert q["fallback"]["kept_float"] == ["mid"]
+    assert q["fallback"]["steps"][0]["min_cosine"] < 0.99 and q["fallback"]["steps"][-1]["met"]
+    assert q["weight_dtypes"] == {"int8": 2, "fp32": 1}
+    assert "mid" not in q["quantized_layers"]
+    assert q["float_layers"] == [{"name": "mid", "reason": "kept in float by the fallback to meet the tolerance"}]
