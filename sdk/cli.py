@@ -216,6 +216,73 @@ def inspect_cmd(path: Path = typer.Argument(..., help="Bundle folder, e.g. out/a
     console.print(table)
 
 
+agent_app = typer.Typer(help="Run the test agent on a device.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.command("serve")
+def agent_serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything beyond loopback needs --token"),
+    port: int = typer.Option(8765, help="TCP port"),
+    token: Optional[str] = typer.Option(None, envvar="EDGE_SDK_AGENT_TOKEN", help="Bearer token clients must send"),
+    data_dir: Path = typer.Option(Path("~/.edge-sdk/agent"), help="Where jobs, uploads and results are kept (SQLite)"),
+    max_upload_mb: float = typer.Option(512.0, help="Largest bundle upload accepted"),
+    adb_serial: Optional[str] = typer.Option(None, "--adb-serial", help="Drive this Android phone over adb"),
+    runner: Optional[Path] = typer.Option(None, "--runner", help="Runner binary pushed to the phone (e.g. executor_runner)"),
+) -> None:
+    """Serve the agent: GET /v1/device, POST /v1/jobs, GET /v1/jobs/{id}."""
+    from sdk.agent.server import serve
+
+    phone = None
+    if adb_serial:
+        from sdk.agent.adb import Phone
+
+        if runner is None:
+            raise UserInputError("--adb-serial needs --runner: the binary that runs bundles on the phone "
+                                 "(e.g. ExecuTorch's executor_runner built for arm64)")
+        phone = Phone(serial=adb_serial, runner=str(runner))
+    serve(host, port, token, data_dir.expanduser(), max_upload_mb, phone=phone)
+
+
+@app.command("bench")
+def bench_cmd(
+    bundles: list[Path] = typer.Argument(..., help="Bundle folder(s), e.g. out/intel-cpu"),
+    agent: Optional[str] = typer.Option(None, "--agent", help="Agent URL; default: run here in a child process"),
+    token: Optional[str] = typer.Option(None, envvar="EDGE_SDK_AGENT_TOKEN", help="Agent bearer token"),
+    warmup: int = typer.Option(10, help="Untimed iterations before timing"),
+    iterations: int = typer.Option(200, help="Timed iterations"),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw results as JSON"),
+) -> None:
+    """Measure bundles on a device through the agent: latency, load time, memory, parity, energy."""
+    from sdk.agent import Client, LocalAgent
+
+    runner = Client(agent, token) if agent else LocalAgent()
+    results = []
+    with console.status("benchmarking") as status:
+        for bundle in bundles:
+            status.update(f"benchmarking {bundle} on {agent or 'this machine'}")
+            results.append(runner.benchmark(bundle, warmup=warmup, iterations=iterations).to_dict())
+    if as_json:
+        console.print_json(json.dumps(results, default=str))
+        return
+    table = Table(title=f"Benchmark on {agent or 'this machine'} ({iterations} iterations)")
+    for col in ("bundle", "ran on", "load ms", "p50 ms", "p90 ms", "p99 ms", "peak RSS MB", "parity", "energy / inference"):
+        table.add_column(col)
+    for bundle, r in zip(bundles, results):
+        if not r.get("ran"):
+            table.add_row(str(bundle), f"[yellow]not run[/yellow]: {r.get('reason')}", *["-"] * 7)
+            continue
+        lat, parity = r["latency_ms"], r["parity"]
+        per_mj = (r.get("energy") or {}).get("per_inference_mj")
+        energy = f"{per_mj:.3f} mJ" if per_mj is not None else f"n/a: {(r.get('energy_reason') or 'at or below idle').split(':')[0]}"
+        table.add_row(str(bundle), r["ran_on"], f"{r['load_ms']:.1f}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
+                      f"{lat['p99']:.3f}", f"{r['peak_rss_mb']:.0f}",
+                      "[green]pass[/green]" if parity["passed"] else "[red]FAIL[/red]", energy)
+    console.print(table)
+    if any(r.get("ran") and not r["parity"]["passed"] for r in results):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point: turn SDK errors into one readable paragraph and exit code 1."""
     try:

@@ -37,6 +37,7 @@ def build_report(*, profile: "DeviceProfile", plan: "Recipe", manifest: Mapping[
         "quantization": conversion.quantization,
         "passes": passes,
         "parity": _parity(validation),
+        **_measurements(validation),
         "validation": {k: v for k, v in validation.items() if k != "parity"},
         "roofline": _roofline(profile, plan, macs, size),
         "notes": list(conversion.notes),
@@ -45,6 +46,22 @@ def build_report(*, profile: "DeviceProfile", plan: "Recipe", manifest: Mapping[
     report["model"]["params_final"], report["model"]["macs_final"] = params, macs
     report["verdict"] = _verdict(profile, report, validation)
     return report
+
+
+def _measurements(validation: Mapping[str, Any]) -> dict[str, Any]:
+    """The agent's figures at the top of the report; null with the reason where nothing was measured."""
+    ran = bool(validation.get("ran"))
+    where = {"host": "this export host", "agent": validation.get("agent")}.get(validation.get("mode"))
+    energy_reason = validation.get("energy_reason") if ran else validation.get("reason")
+    return {
+        "measured_on": {"mode": validation.get("mode"), "where": where, "ran_on": validation.get("ran_on")} if ran
+        else {"mode": validation.get("mode"), "reason": validation.get("reason")},
+        "latency_ms": validation.get("latency_ms"),
+        "load_ms": validation.get("load_ms"),
+        "first_inference_ms": validation.get("first_inference_ms"),
+        "peak_rss_mb": validation.get("peak_rss_mb"),
+        "energy": {"value": validation.get("energy"), "reason": None if validation.get("energy") else energy_reason},
+    }
 
 
 def _parity(validation: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,343 @@
+"""The measurement: load a bundle with its runtime, check parity against its reference, time it, read its
+memory and energy. torch-free.
+
+`run` measures in the calling process (quick host checks); `run_isolated` runs the same measurement in a
+fresh process (forked by `python -m sdk.agent.worker --launcher`) with a timeout, so a runtime that hangs
+or crashes fails that one benchmark with a clear error, and peak memory is that process's own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import backends
+from sdk.agent import power
+from sdk.artifact import load_artifact
+from sdk.errors import AgentError
+from sdk.parity import compare
+
+__all__ = ["DEFAULT_TOLERANCE", "BenchmarkFailed", "latency_stats", "measure_energy", "run", "run_isolated"]
+
+DEFAULT_TOLERANCE = {"min_cosine": 0.9999}
+#: the folder that holds the `sdk` and `backends` packages, put on the child's PYTHONPATH
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+class BenchmarkFailed(AgentError):
+    """A benchmark's child process crashed, timed out or raised; `kind` is 'crash', 'timeout' or 'error'."""
+
+    def __init__(self, message: str, *, kind: str, phase: str | None, log_tail: str = ""):
+        self.kind, self.phase, self.log_tail = kind, phase, log_tail
+        super().__init__(message)
+
+
+def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/mean/std/min/max of per-iteration latencies, in milliseconds."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    pct = np.percentile(a, [50, 90, 99])
+    return {"p50": float(pct[0]), "p90": float(pct[1]), "p99": float(pct[2]), "mean": float(a.mean()),
+            "std": float(a.std()), "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process so far (ru_maxrss is KiB on Linux, bytes on macOS). The kernel's
+    counters are batched per thread, so it is held to at least the resident set now."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mb = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+    return max(peak_mb, rss_mb() or 0.0)
+
+
+def rss_mb() -> float | None:
+    """Resident set now, or None where it cannot be read without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        statm = Path("/proc/self/statm")
+        return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20) if statm.exists() else None
+    return psutil.Process().memory_info().rss / (1 << 20)
+
+
+def _window(probes: Sequence[power.Probe], body: Callable[[], Any]) -> tuple[Any, list[power.Reading]]:
+    """Run `body` with every probe sampling; a probe that fails to start raises ProbeError before `body` runs."""
+    started: list[power.Probe] = []
+    try:
+        for p in probes:
+            p.start()
+            started.append(p)
+        out = body()
+    except BaseException:
+        for p in started:
+            p.abort()
+        raise
+    readings = []
+    for i, p in enumerate(probes):
+        try:
+            readings.append(p.stop())
+        except power.ProbeError:
+            for q in probes[i + 1:]:
+                q.abort()
+            raise
+    return out, readings
+
+
+def measure_energy(probes: Sequence[power.Probe], idle_s: float, workload: Callable[[], int]) -> tuple[dict | None, str | None]:
+    """Sample idle power for `idle_s`, then run `workload` (returns its iteration count) inside an energy window.
+
+    The workload always runs exactly once. Returns (report of the first probe, with the others under
+    "other_probes", None), or (None, why not).
+    """
+    if idle_s <= 0:
+        workload()
+        return None, "idle_s=0: no idle baseline, so the model's energy cannot be separated from idle power"
+    try:
+        _, idle = _window(probes, lambda: time.sleep(idle_s))
+    except power.ProbeError as exc:
+        workload()
+        return None, str(exc)
+    ran = False
+
+    def tracked() -> int:
+        nonlocal ran
+        ran = True
+        return workload()
+
+    try:
+        iterations, loop = _window(probes, tracked)
+    except power.ProbeError as exc:
+        if not ran:
+            workload()
+        return None, str(exc)
+    reports = [power.energy_report(p, i, r, iterations) for p, i, r in zip(probes, idle, loop)]
+    head = reports[0]
+    head["other_probes"] = reports[1:]
+    return head, None
+
+
+def bad_input_check(session: Any, inputs: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Feed the first input with its last dimension one too long: the session must refuse it with an error
+    (a crash would fail the whole benchmark, which is the finding)."""
+    wrong = [np.zeros(inputs[0].shape[:-1] + (inputs[0].shape[-1] + 1,), inputs[0].dtype), *inputs[1:]]
+    try:
+        session.run(wrong)
+    except Exception as exc:
+        return {"input_shape": list(wrong[0].shape), "rejected": True, "error": f"{type(exc).__name__}: {exc}"}
+    return {"input_shape": list(wrong[0].shape), "rejected": False,
+            "error": "the runtime accepted an input of the wrong shape without an error"}
+
+
+def run(bundle_dir: str | Path, *, warmup: int = 3, iterations: int = 20,
+        tolerance: Mapping[str, Any] | None = None, idle_s: float = 1.0,
+        probes: Sequence[power.Probe] | None = None, check_bad_input: bool = False,
+        on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Load, check parity, and time a bundle with its manifest's runtime, in this process.
+
+    `probes=None` uses every power probe `power.detect()` finds; `probes=[]` skips energy.
+    `check_bad_input` also feeds a wrongly shaped input and records how the runtime refused it.
+    Returns {"ran": False, "reason": ...} when the runtime cannot run here.
+    """
+    phase = on_phase or (lambda _: None)
+    phase("verify")
+    artifact = load_artifact(bundle_dir)
+    artifact.verify()
+    model_entry = next((f for f in artifact.manifest["files"] if f["path"] == artifact.manifest["model_file"]), None)
+    about = {"device": artifact.device, "format": artifact.format, "runtime": artifact.runtime,
+             "model_file": artifact.manifest["model_file"], "model_sha256": model_entry and model_entry["sha256"]}
+    backend = backends.get(artifact.runtime)
+    reason = backend.unavailable_reason()
+    if reason:
+        return {"ran": False, "runtime": artifact.runtime, "reason": reason, "bundle": about}
+    tolerance = dict(tolerance or artifact.manifest.get("tolerance") or DEFAULT_TOLERANCE)
+    inputs, reference = artifact.reference()
+    if probes is None:
+        found = power.detect()
+        probes, no_probe = found.working, found.reason()
+    else:
+        no_probe = "energy measurement not requested"
+
+    baseline_mb = rss_mb()
+    phase("load")
+    start = time.perf_counter()
+    session = backend.load(artifact.model_path, artifact.manifest)
+    load_ms = (time.perf_counter() - start) * 1e3
+    phase("first-inference")
+    start = time.perf_counter()
+    outputs = session.run(inputs)
+    first_ms = (time.perf_counter() - start) * 1e3
+    parity = compare(outputs, reference, tolerance, [o["name"] for o in artifact.manifest["outputs"]])
+    if check_bad_input:
+        phase("bad-input")
+        bad_input = bad_input_check(session, inputs)
+
+    phase("warmup")
+    for _ in range(warmup):
+        session.run(inputs)
+    samples: list[float] = []
+
+    def timed_loop() -> int:
+        for _ in range(iterations):
+            t = time.perf_counter()
+            session.run(inputs)
+            samples.append((time.perf_counter() - t) * 1e3)
+        return iterations
+
+    phase("timed-loop")
+    if probes:
+        energy, energy_reason = measure_energy(probes, idle_s, timed_loop)
+    else:
+        timed_loop()
+        energy, energy_reason = None, no_probe
+    stats = latency_stats(samples)
+    extra = {"bad_input": bad_input} if check_bad_input else {}
+    return {
+        "ran": True,
+        "runtime": artifact.runtime,
+        "ran_on": session.ran_on,
+        "bundle": about,
+        "host": {"hostname": platform.node(), "system": platform.system(), "machine": platform.machine()},
+        "warmup": warmup,
+        "iterations": iterations,
+        "load_ms": load_ms,
+        "first_inference_ms": first_ms,
+        "latency_ms": stats,
+        "throughput_ips": 1e3 / stats["mean"] if stats["mean"] > 0 else None,
+        "peak_rss_mb": round(peak_rss_mb(), 2),
+        "baseline_rss_mb": round(baseline_mb, 2) if baseline_mb is not None else None,
+        "rss_scope": "this process (includes the interpreter and everything the caller loaded)",
+        "parity": parity,
+        "energy": energy,
+        "energy_reason": energy_reason,
+        **extra,
+    }
+
+
+class _Launcher:
+    """The agent's handle on `python -m sdk.agent.worker --launcher`, which forks one process per benchmark.
+
+    One benchmark at a time (a lock): concurrent benchmarks would skew each other's timings. Restarted
+    when it died (it dies with the thread that started it).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._buf = b""
+
+    def _ensure(self) -> subprocess.Popen:
+        if self._proc is None or self._proc.poll() is not None:
+            path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+            self._proc = subprocess.Popen([sys.executable, "-m", "sdk.agent.worker", "--launcher"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+                                          env=dict(os.environ, PYTHONPATH=path), cwd=tempfile.gettempdir())
+            self._buf = b""
+        return self._proc
+
+    def close(self) -> None:
+        """Stop the launcher (it exits at end of input); the next benchmark starts a new one."""
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.stdin.close()
+                self._proc.wait(timeout=30)
+            self._proc = None
+
+    def _readline(self, proc: subprocess.Popen, deadline: float | None) -> str | None:
+        """Next line from the launcher; None at the deadline; EOFError if it died."""
+        fd = proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([fd], [], [], wait)
+            if not ready:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise EOFError("benchmark launcher exited")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+    def run(self, spec_path: Path, timeout_s: float) -> int | None:
+        """Exit code of the job process (negative: killed by that signal), or None if it timed out."""
+        with self._lock:
+            proc = self._ensure()
+            try:
+                proc.stdin.write(f"{spec_path}\n".encode())
+                proc.stdin.flush()
+                started = self._readline(proc, time.monotonic() + 60)
+                if started is None:
+                    raise EOFError("benchmark launcher did not fork within 60 s")
+                pid = int(started.split()[1])
+                exited = self._readline(proc, time.monotonic() + timeout_s)
+                if exited is None:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    self._readline(proc, None)
+                    return None
+                return int(exited.split()[2])
+            except (EOFError, BrokenPipeError, OSError) as exc:
+                proc.kill()
+                proc.wait()
+                raise BenchmarkFailed(f"the benchmark launcher process died ({exc}); it restarts with the next job",
+                                      kind="crash", phase=None) from None
+
+
+_launcher = _Launcher()
+
+
+def run_isolated(bundle_dir: str | Path, *, warmup: int = 3, iterations: int = 20,
+                 tolerance: Mapping[str, Any] | None = None, idle_s: float = 1.0, energy: bool = True,
+                 check_bad_input: bool = False, timeout_s: float = 600.0,
+                 target: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`run` in a fresh process (forked by the launcher); BenchmarkFailed when it crashes, hangs or raises.
+
+    `target` = {"kind": "adb", ...} (sdk.agent.adb.Phone.to_dict()) runs the bundle on a phone instead.
+    Benchmarks run one at a time, even when called from several threads. The benchmark process sees the
+    environment (e.g. OMP_NUM_THREADS) as it was at the first call, when the launcher started.
+    """
+    with tempfile.TemporaryDirectory(prefix="edge-sdk-bench-") as tmp:
+        tmp = Path(tmp)
+        spec = {"bundle": str(Path(bundle_dir).resolve()), "warmup": warmup, "iterations": iterations,
+                "tolerance": dict(tolerance) if tolerance else None, "idle_s": idle_s, "energy": energy,
+                "check_bad_input": check_bad_input, "target": dict(target) if target else {"kind": "local"},
+                "result": str(tmp / "result.json"), "phase": str(tmp / "phase"), "log": str(tmp / "log")}
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        rc = _launcher.run(tmp / "spec.json", timeout_s)
+        phase = (tmp / "phase").read_text() if (tmp / "phase").exists() else "start-up"
+        log_tail = (tmp / "log").read_bytes()[-2000:].decode(errors="replace").strip() if (tmp / "log").exists() else ""
+        tail = f"\n--- benchmark process output (last lines) ---\n{log_tail}" if log_tail else ""
+        if rc is None:
+            raise BenchmarkFailed(f"benchmark timed out after {timeout_s:g} s during {phase!r}; its process was "
+                                  f"killed. Raise timeout_s or lower iterations.{tail}",
+                                  kind="timeout", phase=phase, log_tail=log_tail)
+        if rc < 0:
+            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+            raise BenchmarkFailed(f"the runtime crashed: benchmark process killed by {name} during {phase!r}. "
+                                  f"The agent is fine; this bundle's runtime is not.{tail}",
+                                  kind="crash", phase=phase, log_tail=log_tail)
+        result_file = tmp / "result.json"
+        if not result_file.exists():
+            raise BenchmarkFailed(f"benchmark process exited with code {rc} during {phase!r} without a result{tail}",
+                                  kind="crash", phase=phase, log_tail=log_tail)
+        outcome = json.loads(result_file.read_text())
+        if not outcome["ok"]:
+            err = outcome["error"]
+            raise BenchmarkFailed(f"benchmark failed during {phase!r}: {err['type']}: {err['message']}",
+                                  kind="error", phase=phase, log_tail=err.get("traceback", ""))
+        result = outcome["result"]
+        if result.get("ran"):
+            result["rss_scope"] = "benchmark process (interpreter + numpy + runtime + model)"
+        return result

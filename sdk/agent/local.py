@@ -1,0 +1,79 @@
+"""LocalAgent: the agent's benchmark API without a server, for this machine (sdk.export(validate=True))."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sdk.agent import bench
+from sdk.agent.device import describe
+from sdk.agent.result import BenchmarkResult
+from sdk.artifact import Artifact, load_artifact
+from sdk.errors import UserInputError
+
+__all__ = ["LocalAgent", "as_folder", "as_zip"]
+
+
+def _source(bundle: Any) -> Path:
+    if isinstance(bundle, Artifact):
+        return bundle.path
+    path = getattr(getattr(bundle, "artifact", None), "path", None)  # an ExportResult
+    if path is not None:
+        return Path(path)
+    if isinstance(bundle, (str, Path)):
+        return Path(bundle)
+    raise UserInputError(f"a bundle is a folder, a .zip or an sdk Artifact, got {type(bundle).__name__}")
+
+
+@contextmanager
+def as_zip(bundle: Any) -> Iterator[Path]:
+    """The bundle as a zip file (zipped into a temporary folder if it is a folder or an Artifact)."""
+    path = _source(bundle)
+    if path.is_file() and zipfile.is_zipfile(path):
+        yield path
+        return
+    zipped = load_artifact(path).zip()
+    try:
+        yield zipped
+    finally:
+        shutil.rmtree(zipped.parent, ignore_errors=True)
+
+
+@contextmanager
+def as_folder(bundle: Any) -> Iterator[Path]:
+    """The bundle as a folder (unzipped into a temporary folder if it is a zip)."""
+    path = _source(bundle)
+    if path.is_dir():
+        yield path
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="edge-sdk-bundle-"))
+    try:
+        with zipfile.ZipFile(path) as zf:
+            zf.extractall(tmp)  # a local, trusted file: the user's own bundle
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class LocalAgent:
+    """Same benchmark API as Client, run on this machine: each benchmark in a child process with a timeout."""
+
+    url = "local"
+
+    def device(self) -> dict[str, Any]:
+        return describe()
+
+    def benchmark(self, bundle: Any, *, warmup: int = 10, iterations: int = 200,
+                  tolerance: Mapping[str, Any] | None = None, timeout_s: float = 600.0, idle_s: float = 1.0,
+                  energy: bool = True, check_bad_input: bool = False) -> BenchmarkResult:
+        """Benchmark a bundle here. A runtime missing on this machine gives ran=False with the reason; a crash or
+        timeout raises bench.BenchmarkFailed (an AgentError)."""
+        with as_folder(bundle) as folder:
+            result = bench.run_isolated(folder, warmup=warmup, iterations=iterations, tolerance=tolerance,
+                                        idle_s=idle_s, energy=energy, check_bad_input=check_bad_input,
+                                        timeout_s=timeout_s)
+        return BenchmarkResult({**result, "agent": self.url})
