@@ -20,7 +20,12 @@ run: $(STAMP)  ## export the sample MobileNetV2 to every device profile and prin
 test: $(STAMP)  ## the whole test suite
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)  ## heavy measurements (not part of make test)
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[all,dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## heavy measurements on real pretrained models (not part of make test)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
