@@ -1,10 +1,21 @@
 """LiteRT converter: torch -> `.tflite` flatbuffer with litert-torch (formerly ai-edge-torch), for XNNPACK on CPUs.
 
-A precision is a step that prepares the model and litert-torch's `quant_config` before the one conversion
-call (`_PRECISIONS`); a PT2E quantize step slots in there. fp16 is litert-torch's own float16 recipe
-(`quant_recipes.full_fp16_recipe`: ai-edge-quantizer FLOAT_CASTING on every op's weights, weight-only with
-explicit DEQUANTIZE ops), since the non-V2 converter takes no TFLite converter flags. The model is wrapped so
-that the signature's tensors are named `in_i`/`out_i`; `backends/litert` maps them by those names.
+litert-torch converts the model once; a precision then adds its part. fp16 is litert-torch's own float16
+recipe (`quant_recipes.full_fp16_recipe`: ai-edge-quantizer FLOAT_CASTING on every op's weights, weight-only
+with explicit DEQUANTIZE ops), since the non-V2 converter takes no TFLite converter flags. int8 and
+int8-dynamic run ai-edge-quantizer (LiteRT's quantizer, which litert-torch itself uses for its recipes) on
+the float `.tflite`: static INT8 calibrated on `job.calibration`, or dynamic-range INT8. Layers in
+`job.keep_float` get ai-edge-quantizer's NO_QUANTIZE on their ops, found through the module path that
+litert-torch writes into every tensor name ('<class>_<attribute>' per module level).
+
+Why not litert-torch's PT2E quantizer: the TFLite converter does not keep a layer that PT2E left float. In
+STATIC mode it quantizes a float op that sits between a dequantize and a quantize (a kept conv between two
+quantized convs comes out int8); in DYNAMIC mode it quantizes every conv/linear weight once any one is
+quantized. Both read back from the .tflite with litert-torch 0.10.0 and ai-edge-litert 2.3.0. Every
+precision's weight dtypes are read back from the file the same way, per layer.
+
+The model is wrapped so that the signature's tensors are named `in_i`/`out_i`; `backends/litert` maps them
+by those names.
 """
 from __future__ import annotations
 
@@ -12,9 +23,12 @@ import contextlib
 import io
 import os
 import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
@@ -22,10 +36,24 @@ from backends.litert import delegation, open_interpreter
 from converters import register
 from converters.base import ConversionJob, ConversionResult, Converter
 from sdk.errors import ConversionError, UnsupportedRecipeError
+from sdk.recipes import Int8Static
 
 MODEL_FILE = "model.tflite"
+SIGNATURE = "serving_default"  # the one signature litert-torch writes for a single-signature model
 #: where the toolchain names the op it failed on ("Lowering not found: aten.histc.default", fx "While executing")
 _OP_PATTERNS = (re.compile(r"Lowering not found: (\S+)"), re.compile(r"target=torch\.ops\.([\w.]+)"))
+#: LiteRT ops whose operand at this index is a layer's weight (behind a DEQUANTIZE when weight-only)
+_WEIGHT_OPERAND = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "CONV_3D": 1, "TRANSPOSE_CONV": 1,
+                   "FULLY_CONNECTED": 1, "BATCH_MATMUL": 1}
+_DTYPE_LABELS = {"float32": "fp32", "float16": "fp16"}
+_INT8_SPEED_NOTE = ("speed: INT8 makes the weights 4x smaller; XNNPACK's INT8 kernels gain most on CPUs with int8 "
+                    "dot-product instructions (ARMv8.2+ SDOT/I8MM on phones, VNNI on x86) and little or nothing "
+                    "without them: measure on the device before counting on a speed-up")
+_FP16_REPORT = {
+    "method": "litert-torch full_fp16_recipe (ai-edge-quantizer FLOAT_CASTING, weight-only)",
+    "weights": "float16",
+    "activations": "float32 (XNNPACK expands the float16 weights once, at load)",
+}
 
 
 class _NamedIO(torch.nn.Module):
@@ -45,25 +73,214 @@ class _NamedIO(torch.nn.Module):
         return dict(zip(self.output_names, leaves, strict=True))
 
 
-# A precision step: (job) -> (model to convert, litert-torch quant_config or None, account of what it quantizes).
-PrecisionStep = Callable[[ConversionJob], tuple[torch.nn.Module, Any, dict[str, Any] | None]]
-
-
-def _fp32(job: ConversionJob) -> tuple[torch.nn.Module, Any, None]:
-    return job.model, None, None
-
-
-def _fp16(job: ConversionJob) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+def _fp16_config() -> Any:
     from litert_torch.generative.quantize import quant_recipes
 
-    return job.model, quant_recipes.full_fp16_recipe(), {
-        "method": "litert-torch full_fp16_recipe (ai-edge-quantizer FLOAT_CASTING, weight-only)",
-        "weights": "float16",
-        "activations": "float32 (XNNPACK expands the float16 weights once, at load)",
-    }
+    return quant_recipes.full_fp16_recipe()
 
 
-_PRECISIONS: dict[str, PrecisionStep] = {"fp32": _fp32, "fp16": _fp16}
+def _op_table(interpreter: Any) -> list[dict[str, Any]]:
+    """The model's ops (delegate nodes left out) with their output names and, for conv/linear/matmul ops,
+    the constant weight they read: followed back through DEQUANTIZE, since weight-only schemes store it
+    narrow and widen it at run time."""
+    ops = [n for n in interpreter._get_ops_details() if n["op_name"] != "DELEGATE"]
+    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+    producer = {int(t): n for n in ops for t in n["outputs"]}
+    graph_inputs = {d["index"] for d in interpreter.get_input_details()}
+    table = []
+    for op in ops:
+        row = {"op": op["op_name"], "outputs": [tensors[int(t)]["name"] for t in op["outputs"]], "weight": None}
+        slot = _WEIGHT_OPERAND.get(op["op_name"])
+        if slot is not None and len(op["inputs"]) > slot:
+            tensor = int(op["inputs"][slot])
+            while tensor in producer and producer[tensor]["op_name"] == "DEQUANTIZE":
+                tensor = int(producer[tensor]["inputs"][0])
+            if tensor >= 0 and tensor not in producer and tensor not in graph_inputs:
+                dtype = np.dtype(tensors[tensor]["dtype"]).name
+                row["weight"] = (tensor, tensors[tensor]["name"], _DTYPE_LABELS.get(dtype, dtype))
+        table.append(row)
+    return table
+
+
+def _module_pattern(model: torch.nn.Module, name: str) -> re.Pattern[str]:
+    """The module path litert-torch writes into the names of a module's tensors.
+
+    litert-torch (backend/debuginfo) names each module on the call stack '<module>.<class qualname>_<last
+    part of its name>', under the `_NamedIO` wrapper's 'model' attribute, and ends the path with '/', ';'
+    or the end of the location. Containers that are never called themselves (ModuleList, ModuleDict) are
+    not on the stack, so every ancestor level is optional; the levels that are there must be this module's.
+    """
+    def label(module: torch.nn.Module, part: str) -> str:
+        return re.escape(f"{type(module).__module__}.{type(module).__qualname__}_{part}")
+
+    parts = name.split(".")
+    levels = [label(model.get_submodule(".".join(parts[:depth + 1])), part) for depth, part in enumerate(parts)]
+    return re.compile(label(model, "model") + "".join(f"(?:/{level})?" for level in levels[:-1])
+                      + f"/{levels[-1]}(?:[/;]|$)")
+
+
+class _Provenance:
+    """Which torch module each op of the `.tflite` came from, read from the module paths in tensor names.
+
+    A fused op's name joins several source locations with ';;' (a conv with its ReLU, a LayerNorm whose scale
+    was folded into the next linear layer's weight, a constant shared by identical layers); a weight belongs
+    to the first location whose module holds a weight matrix or kernel itself.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        named = [(name, module) for name, module in model.named_modules() if name]
+        self.order = [name for name, _ in named]
+        self._patterns = sorted(((name, _module_pattern(model, name)) for name in self.order),
+                                key=lambda item: -item[0].count("."))  # the deepest module that matches wins
+        self._holds_weights = {name for name, module in named if any(p.dim() >= 2 for p in module.parameters(recurse=False))}
+
+    def _module_at(self, location: str) -> str | None:
+        return next((name for name, pattern in self._patterns if pattern.search(location)), None)
+
+    def modules(self, row: dict[str, Any]) -> list[str]:
+        """The modules an op came from: its weight's owner for a weighted op, else every location's module."""
+        names = ([row["weight"][1]] if row["weight"] else []) + row["outputs"]
+        found = [m for m in (self._module_at(loc) for n in names for loc in n.split(";;") if loc) if m]
+        if row["weight"]:
+            return [next((m for m in found if m in self._holds_weights), found[0])] if found else []
+        return found
+
+
+def _kept_by(module: str, keep_float: frozenset[str]) -> str | None:
+    """The `keep_float` entry that covers `module` (itself or an enclosing module), if any."""
+    return next((k for k in sorted(keep_float) if module == k or module.startswith(k + ".")), None)
+
+
+def _weight_dtypes(table: list[dict[str, Any]]) -> dict[str, int]:
+    """How many distinct layer weights the `.tflite` stores in each dtype."""
+    weights = {row["weight"][0]: row["weight"][2] for row in table if row["weight"]}
+    return dict(Counter(weights.values()))
+
+
+def _quantize(job: ConversionJob, path: Path) -> dict[str, Any]:
+    """Quantize the float `.tflite` at `path` in place with ai-edge-quantizer; return its account."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    config, every_op = job.precision, qtyping.TFLOperationName.ALL_SUPPORTED
+    static = isinstance(config, Int8Static)
+    interpreter, _ = open_interpreter(path, num_threads=1)
+    table = _op_table(interpreter)
+    keep = _kept_scopes(job, table)
+    recipe = recipe_manager.RecipeManager()
+    if static:
+        granularity = qtyping.QuantGranularity.CHANNELWISE if config.per_channel else qtyping.QuantGranularity.TENSORWISE
+        recipe.add_static_config(".*", every_op, activation_num_bits=8, weight_num_bits=8,
+                                 weight_granularity=granularity)
+    else:
+        recipe.add_dynamic_config(".*", every_op, num_bits=8)
+    for scope in keep:  # added last: ai-edge-quantizer applies the last matching scope
+        recipe.add_quantization_config(scope, every_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    with _toolchain_errors(job, f"the float model converted but ai-edge-quantizer failed on it; try "
+                                f"{'int8-dynamic' if static else 'fp16'}"), _quiet_progress():
+        float_model = path.read_bytes()
+        ranges = _calibrate(job, float_model, recipe, interpreter) if static else None
+        aeq = quantizer.Quantizer(float_model, recipe.get_quantization_recipe())
+        path.write_bytes(aeq.quantize(ranges, enable_progress_report=False).quantized_model)
+    samples = len(job.calibration or [job.example_inputs])
+    weights = "per-channel" if not static or config.per_channel else "per-tensor"
+    scheme = (f"weights int8 {weights} symmetric; activations int8 per-tensor affine, min/max over {samples} "
+              "calibration samples; model inputs and outputs are int8 (the LiteRT backend quantizes inputs and "
+              "dequantizes outputs with each tensor's own scale and zero point)" if static else
+              f"weights int8 {weights} symmetric; activations float32 between ops, quantized per inference "
+              "inside LiteRT's dynamic-range (hybrid) kernels; float32 model inputs and outputs")
+    return {"toolchain": f"ai-edge-quantizer {_version('ai-edge-quantizer')} "
+                         f"({'static_wi8_ai8' if static else 'dynamic_wi8_afp32'}) on litert-torch's float .tflite",
+            "scheme": scheme,
+            "activations": "int8, calibrated" if static else "int8, quantized per inference (dynamic range)"}
+
+
+def _kept_scopes(job: ConversionJob, table: list[dict[str, Any]]) -> list[str]:
+    """ai-edge-quantizer scopes (regexes over an op's output names) for every op of a `keep_float` module."""
+    provenance, scopes, covered = _Provenance(job.model), [], set()
+    for row in table:
+        kept = {k for m in provenance.modules(row) if (k := _kept_by(m, job.keep_float))}
+        if kept and row["outputs"]:
+            covered |= kept
+            scopes.append(f"(^|;){re.escape(row['outputs'][0])};")
+    missing = sorted(job.keep_float - covered)
+    if missing:
+        raise ConversionError(f"no op in the LiteRT graph carries the module path of {', '.join(missing)}, so it "
+                              "cannot be kept in float", fmt=LiteRTConverter.format, device=job.profile.id,
+                              hint="keep its parent module instead (a module whose weights its parent uses "
+                                   "directly, like MultiheadAttention's out_proj, has no op of its own), or use 'fp16'")
+    return scopes
+
+
+def _check_request(job: ConversionJob) -> None:
+    """Refuse what cannot be made before spending a conversion on it."""
+    config = job.precision
+    if config.name not in LiteRTConverter.supported:
+        raise UnsupportedRecipeError(config.to_string(), LiteRTConverter.format, job.profile.id,
+                                     sorted(LiteRTConverter.supported))
+    if isinstance(config, Int8Static) and config.symmetric_activations:
+        raise UnsupportedRecipeError(f"{config} with symmetric_activations=True (LiteRT's int8 kernels take "
+                                     "affine activations)", LiteRTConverter.format, job.profile.id,
+                                     sorted(LiteRTConverter.supported))
+    unknown = sorted(set(job.keep_float) - dict(job.model.named_modules()).keys())
+    if unknown:
+        raise ConversionError(f"keep_float names modules the model does not have: {', '.join(unknown)}",
+                              fmt=LiteRTConverter.format, device=job.profile.id,
+                              hint="use qualified names as model.named_modules() lists them")
+
+
+def _calibrate(job: ConversionJob, float_model: bytes, recipe: Any, interpreter: Any) -> dict[str, Any]:
+    """Activation ranges: the min and max over all of `job.calibration`.
+
+    ai-edge-quantizer's `Quantizer.calibrate` keeps a moving average (factor 0.95) of each sample's min/max,
+    so with tens of single-sample batches the first sample weighs most and inputs beyond it are clipped;
+    its `Calibrator` takes `min_max_update` instead.
+    """
+    from ai_edge_quantizer import calibrator
+    from ai_edge_quantizer.utils import qsv_utils
+
+    dtypes = {name: d["dtype"] for name, d in interpreter.get_signature_runner().get_input_details().items()}
+    feeds = [{name: t.detach().numpy().astype(dtypes[name])  # litert-torch downcasts 64-bit inputs to 32 bits
+              for name, t in zip(job.input_names, sample, strict=True)}
+             for sample in (job.calibration or [job.example_inputs])]
+    ranges = calibrator.Calibrator(float_model, num_threads=os.cpu_count() or 1,
+                                   qsv_update_func=qsv_utils.min_max_update)
+    ranges.calibrate({SIGNATURE: feeds}, recipe)
+    return ranges.get_model_qsvs()
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def _account(job: ConversionJob, quantization: dict[str, Any], table: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each module's weight dtypes read back from the `.tflite`; refuses a file where a kept one is not float."""
+    provenance = _Provenance(job.model)
+    dtypes: dict[str, set[str]] = {}
+    ops: dict[str, set[str]] = {}
+    for row in (r for r in table if r["weight"]):
+        for module in provenance.modules(row):
+            dtypes.setdefault(module, set()).add(row["weight"][2])
+            ops.setdefault(module, set()).add(row["op"])
+    layers = {name: "/".join(sorted(dtypes[name])) for name in provenance.order if name in dtypes}
+    not_float = [name for name, dtype in layers.items() if _kept_by(name, job.keep_float) and dtype != "fp32"]
+    if not_float:
+        raise ConversionError(f"{', '.join(not_float)} should have stayed float32 but the .tflite stores "
+                              f"{', '.join(layers[n] for n in not_float)}", fmt=LiteRTConverter.format,
+                              device=job.profile.id, hint="use 'fp16', or report this with the model")
+
+    def reason(name: str) -> str:
+        kept = _kept_by(name, job.keep_float)
+        if kept is None:
+            return f"stored as {layers[name]}: ai-edge-quantizer did not quantize its {'/'.join(sorted(ops[name]))} op"
+        return "kept in float on request" + ("" if kept == name else f" (inside kept module {kept!r})")
+
+    return {**quantization,
+            "quantized_layers": [name for name, dtype in layers.items() if dtype == "int8"],
+            "float_layers": [{"name": name, "reason": reason(name)} for name, dtype in layers.items() if dtype != "int8"],
+            "weight_dtypes": _weight_dtypes(table)}
 
 
 @contextlib.contextmanager
@@ -90,26 +307,48 @@ def _failed_op(message: str) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _toolchain_errors(job: ConversionJob, hint: str | None = None) -> Iterator[None]:
+    """Turn whatever the toolchain raises (torch.export, JAX lowering, MLIR, ai-edge-quantizer) into a
+    ConversionError naming the op where the message does."""
+    try:
+        yield
+    except (ConversionError, UnsupportedRecipeError):
+        raise
+    except Exception as exc:
+        message = " ".join(str(exc).strip().split("\n\n")[0].split())  # its first paragraph, on one line
+        op = _failed_op(str(exc))
+        hint = hint or (f"replace {op} with ops litert-torch can lower, or pick a device whose format supports it"
+                        if op else "check that torch.export.export(model, example_inputs) succeeds and that the model "
+                                   "avoids data-dependent shapes; or pick a device with another format")
+        raise ConversionError(message[:500].rstrip("."), fmt=LiteRTConverter.format, device=job.profile.id,
+                              op=op, hint=hint) from exc
+
+
 @register
 class LiteRTConverter(Converter):
     """torch -> LiteRT flatbuffer; coverage is what the XNNPACK delegate takes when the model is loaded."""
 
     format = "litert"
-    supported = frozenset(_PRECISIONS)
+    supported = frozenset({"fp32", "fp16", "int8", "int8-dynamic"})
     options = {"num_threads": "CPU threads the LiteRT interpreter uses on the device (default: every core)"}
 
     def convert(self, job: ConversionJob) -> ConversionResult:
-        step = _PRECISIONS.get(job.precision.name)
-        if step is None:
-            raise UnsupportedRecipeError(job.precision.to_string(), self.format, job.profile.id, sorted(self.supported))
-        model, quant_config, quantization = step(job)
-        path = self._convert(job, model, quant_config)
+        _check_request(job)
+        name = job.precision.name
+        path = self._convert(job, job.model, _fp16_config() if name == "fp16" else None)
+        quantization = _quantize(job, path) if name.startswith("int8") else None
         interpreter, runtime = open_interpreter(path, num_threads=1)
         stats = delegation(interpreter)
         coverage = {"delegate": "XNNPACK", **stats,
                     "fraction": stats["delegated_ops"] / stats["ops"] if stats["ops"] else 1.0}
-        notes = [f"coverage: XNNPACK delegation as {runtime} applies it on this host; "
-                 "the device's LiteRT build decides for itself at load time"]
+        notes = [(f"coverage: XNNPACK delegation as {runtime} applies it on this host; "
+                  "the device's LiteRT build decides for itself at load time")]
+        if name == "fp16":
+            quantization = {**_FP16_REPORT, "weight_dtypes": _weight_dtypes(_op_table(interpreter))}
+        elif quantization is not None:
+            quantization = _account(job, quantization, _op_table(interpreter))
+            notes.append(_INT8_SPEED_NOTE)
         return ConversionResult(MODEL_FILE, coverage=coverage, quantization=quantization, notes=notes)
 
     def _convert(self, job: ConversionJob, model: torch.nn.Module, quant_config: Any) -> Path:
@@ -118,17 +357,9 @@ class LiteRTConverter(Converter):
 
         path = Path(job.workdir) / MODEL_FILE
         named = _NamedIO(model, job.input_names, job.output_names)
-        try:
-            with _quiet_progress():
-                edge_model = litert_torch.convert(
-                    named, sample_kwargs=dict(zip(job.input_names, job.example_inputs, strict=True)),
-                    quant_config=quant_config)
-                edge_model.export(str(path))
-        except Exception as exc:  # the toolchain raises anything from torch.export, JAX lowering or MLIR
-            message = " ".join(str(exc).strip().split("\n\n")[0].split())  # its first paragraph, on one line
-            op = _failed_op(str(exc))
-            hint = (f"replace {op} with ops litert-torch can lower, or pick a device whose format supports it"
-                    if op else "check that torch.export.export(model, example_inputs) succeeds and that the model "
-                               "avoids data-dependent shapes; or pick a device with another format")
-            raise ConversionError(message[:500].rstrip("."), fmt=self.format, device=job.profile.id, op=op, hint=hint) from exc
+        with _toolchain_errors(job), _quiet_progress():
+            edge_model = litert_torch.convert(
+                named, sample_kwargs=dict(zip(job.input_names, job.example_inputs, strict=True)),
+                quant_config=quant_config)
+            edge_model.export(str(path))
         return path

@@ -28,9 +28,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "export": ("sdk.export", "export"),
-    "ExportResult": ("sdk.export", "ExportResult"),
-    "compress": ("sdk.compress", "compress"),
+    "export": ("sdk.pipeline", "export"),
+    "ExportResult": ("sdk.pipeline", "ExportResult"),
+    "compress": ("sdk.compression", "compress"),
     "load_artifact": ("sdk.artifact", "load_artifact"),
     "Artifact": ("sdk.artifact", "Artifact"),
     **{name: ("sdk.recipes", name) for name in (

@@ -19,7 +19,7 @@ import backends
 from converters.base import ConversionJob, ConversionResult, Converter
 from converters.quant.sensitivity import layer_sensitivity, quantizable_layers, simulate
 from sdk.devices import DeviceProfile
-from sdk.errors import InvalidInputsError, ParityError
+from sdk.errors import ConversionError, InvalidInputsError, ParityError
 from sdk.parity import compare
 from sdk.recipes import Config, Int8Static, Tolerance
 
@@ -106,31 +106,41 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
     keep: list[str] = []
     steps: list[dict[str, Any]] = []
     sensitivity: list[dict[str, Any]] | None = None
+    unexcludable: dict[str, str] = {}  # layers the toolchain could not keep in float on their own, and why
+    result = parity = problems = None
     while True:
         _clear(job.workdir)
         attempt = replace(job, keep_float=frozenset(keep))
         log.info("quantizing (%s) with %d layer(s) kept in float", config, len(keep))
-        result = convert(converter, attempt)
-        parity = evaluate(result, attempt.keep_float)
-        problems = _misses(parity, tolerance)
-        steps.append({"kept_float": list(keep), "min_cosine": min(o["cosine"] for o in parity["outputs"]),
-                      "min_sqnr_db": _min_or_none(o["sqnr_db"] for o in parity["outputs"]), "met": not problems})
-        if sensitivity is None:  # after the first conversion, which says whether activations were quantized
-            log.info("measuring per-layer sensitivity to %s", config)
-            sensitivity = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES],
-                                            heldout[:MAX_SENSITIVITY_SAMPLES], weight_only=weight_only_artifact(result))
-        if not problems or not user_tolerance:
-            break
-        already_float = toolchain_float_layers(result)
-        remaining = [row["layer"] for row in sensitivity if row["layer"] not in keep and row["layer"] not in already_float]
-        if not remaining or len(keep) >= max_fallback_layers:
+        try:
+            candidate = convert(converter, attempt)
+        except ConversionError as exc:
+            if not keep:
+                raise
+            unexcludable[keep.pop()] = str(exc)  # e.g. a module whose forward never runs on its own
+        else:
+            result = candidate
+            parity = evaluate(result, attempt.keep_float)
+            problems = _misses(parity, tolerance)
+            steps.append({"kept_float": list(keep), "min_cosine": min(o["cosine"] for o in parity["outputs"]),
+                          "min_sqnr_db": _min_or_none(o["sqnr_db"] for o in parity["outputs"]), "met": not problems})
+            if sensitivity is None:  # after the first conversion, which says whether activations were quantized
+                log.info("measuring per-layer sensitivity to %s", config)
+                sensitivity = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES],
+                                                heldout[:MAX_SENSITIVITY_SAMPLES], weight_only=weight_only_artifact(result))
+            if not problems or not user_tolerance:
+                break
+        skip = set(keep) | set(unexcludable) | toolchain_float_layers(result)
+        remaining = [row["layer"] for row in sensitivity if row["layer"] not in skip]
+        # Keeping the last quantized layer in float would leave nothing quantized: that is not an INT8 artifact.
+        if len(remaining) <= 1 or len(keep) >= max_fallback_layers:
             _clear(job.workdir)
             raise ParityError(
                 f"{job.profile.id}: {config} could not meet {tolerance} on held-out data even with {len(keep)} "
                 f"layer(s) kept in float ({', '.join(keep) or 'none'}); best reached: min cosine "
                 f"{max(s['min_cosine'] for s in steps):.6f} ({'; '.join(problems)}). Try a gentler scheme "
                 "(int8 instead of int4, palettize with more bits), more representative calibration data, "
-                "or a looser tolerance.", {"steps": steps})
+                "or a looser tolerance.", {"steps": steps, "unexcludable": unexcludable})
         keep.append(remaining[0])
 
     report = dict(result.quantization or {})
@@ -141,7 +151,8 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
                                   + (" (weights only, as the artifact keeps activations in float)"
                                      if weight_only_artifact(result) else ""),
                         "layers_measured": len(sensitivity), "worst": sensitivity[:TOP_OFFENDERS]},
-        "fallback": {"tolerance": tolerance.to_dict() if user_tolerance else None, "kept_float": keep, "steps": steps},
+        "fallback": {"tolerance": tolerance.to_dict() if user_tolerance else None, "kept_float": keep, "steps": steps,
+                     "could_not_exclude": unexcludable},
         "quantizable_layers": len(quantizable_layers(job.model)),
     })
     floats = {entry["name"]: entry for entry in report.get("float_layers", [])}

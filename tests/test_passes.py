@@ -22,7 +22,7 @@ from converters.passes.depthwise import separate
 from converters.passes.lowrank import effective_weight as lowrank_weight
 from converters.passes.lowrank import factorize
 from converters.passes.metrics import count_macs, count_nonzero, count_params
-from sdk.compress import compress
+from sdk.compression import compress
 from sdk.errors import InternalError, InvalidInputsError, RecipeError
 from sdk.recipes import Config, DepthwiseSeparable, Distill, LowRank, Prune
 

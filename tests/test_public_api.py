@@ -46,3 +46,11 @@ def test_device_side_imports_without_torch():
     modules += [f"sdk.agent.{p.stem}" for p in (ROOT / "sdk" / "agent").glob("*.py") if p.stem != "__init__"]
     proc = _import_without_torch(modules)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_no_submodule_shadows_a_public_function():
+    """`import sdk.<name>` must never replace the function sdk.<name> (doctest collection imports every module)."""
+    submodules = {"devices", "recipes", "errors", "agent"}
+    for name in sdk.__all__:
+        if name not in submodules:
+            assert not (ROOT / "sdk" / f"{name}.py").exists() and not (ROOT / "sdk" / name).is_dir(), name

@@ -1,6 +1,6 @@
 """`sdk.compress`: run a recipe's compression passes on a PyTorch model, torch in, torch out, no export.
 
->>> import torch, sdk.compress as c
+>>> import torch, sdk.compression as c
 >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 256), torch.nn.Linear(256, 10))
 >>> small = c.compress(model, "lowrank:0.25", example_inputs=(torch.randn(1, 64),))
 >>> [row["name"] for row in small.edge_sdk_report["passes"][0]["layers"]]

@@ -1,4 +1,4 @@
-"""`sdk.export`: model + device name in, validated artifact bundle and report out."""
+"""The export pipeline behind `sdk.export`: model + device name in, validated artifact bundle and report out."""
 from __future__ import annotations
 
 import copy

@@ -1,0 +1,327 @@
+"""LiteRT quantization with the real toolchain: litert-torch converts, ai-edge-quantizer quantizes, ai_edge_litert runs.
+
+Weight dtypes are read back from the .tflite (never taken from the converter's word), and a layer kept in
+float must show up in the file as exactly its torch weights in float32, the others as int8.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("ai_edge_quantizer")
+
+import backends
+import converters
+import sdk
+import sdk.devices
+import sdk.recipes
+from converters import ConversionJob
+from converters.quant.sensitivity import quantizable_layers
+from sdk.errors import ConversionError, UnsupportedRecipeError
+from sdk.parity import compare
+
+PROFILE = sdk.devices.get("android-litert")
+KEPT = "features.6"  # a conv with no BatchNorm after it, so its float weights reach the file unchanged
+
+
+class Net(nn.Module):
+    """~0.4M parameters: conv-BN-ReLU blocks, plain convs and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class DeadInputOutlier(nn.Module):
+    """`mid` has a huge weight on an input that is always zero: harmless in float, but it sets every
+    per-channel INT8 scale, so all its other weights round to zero. Only keeping `mid` in float fixes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.mid, self.out = nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 8)
+        with torch.no_grad():
+            self.inp.weight[0].zero_()
+            self.inp.bias[0] = -1.0  # ReLU makes input 0 of `mid` zero for every sample
+            self.mid.weight[:, 0] = 50.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.mid(torch.relu(self.inp(x)))))
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x)) + x
+
+
+class Blocks(nn.Module):
+    """Identical blocks in a ModuleList: the list is never called, so it is not on the module stack."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.blocks = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class Attention(nn.Module):
+    """MultiheadAttention uses its out_proj's weights directly (F.multi_head_attention_forward), so out_proj
+    never runs as a module and no op carries its path; `attn` owns both projections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+
+def _images(n: int, seed: int) -> list[tuple[torch.Tensor]]:
+    """Smooth image-like inputs (upsampled noise), so activations have realistic ranges."""
+    g = torch.Generator().manual_seed(seed)
+    return [(nn.functional.interpolate(torch.randn(1, 3, 8, 8, generator=g), size=32, mode="bilinear")
+             + 0.1 * torch.randn(1, 3, 32, 32, generator=g),) for _ in range(n)]
+
+
+def _convert(model: nn.Module, workdir: Path, recipe: str, keep_float: frozenset[str] = frozenset(),
+             calibration: list | None = None):
+    job = ConversionJob(model=model, example_inputs=_images(1, 0)[0], recipe=sdk.recipes.resolve(PROFILE, [recipe]),
+                        profile=PROFILE, workdir=workdir, input_names=["in_0"], output_names=["out_0"],
+                        calibration=calibration, keep_float=keep_float)
+    result = converters.get("litert").convert(job)
+    return result, workdir / result.model_file
+
+
+def _parity(model: nn.Module, path: Path, samples: list[tuple[torch.Tensor]]) -> dict:
+    """Held-out parity through the SDK's LiteRT backend (which (de)quantizes int8 model I/O)."""
+    with torch.no_grad():
+        ref = np.concatenate([model(*s).numpy() for s in samples])
+    spec = {"name": "in_0", "shape": [1, 3, 32, 32], "dtype": "float32"}
+    manifest = {"inputs": [spec], "outputs": [{"name": "out_0", "shape": [1, 10], "dtype": "float32"}],
+                "runtime_options": {}}
+    session = backends.get("litert").load(path, manifest)
+    got = np.concatenate([session.run([s[0].numpy()])[0] for s in samples])
+    return compare([got], [ref], {"min_cosine": 0.99})
+
+
+def _weights(path: Path) -> list[tuple[np.dtype, np.ndarray]]:
+    """The .tflite's conv/linear weights: (dtype, values), read without any delegate."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(path),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    return [(np.dtype(details[int(op["inputs"][1])]["dtype"]), interpreter.get_tensor(int(op["inputs"][1])))
+            for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+
+
+def _assert_only_float_weights_are(path: Path, *modules: nn.Module) -> None:
+    """The file's float32 weights are exactly these modules' (conv OIHW -> TFLite OHWI); the rest are int8."""
+    weights = _weights(path)
+    floats = [values for dtype, values in weights if dtype == np.float32]
+    expected = [m.weight.detach().permute(0, 2, 3, 1).numpy() if m.weight.dim() == 4 else m.weight.detach().numpy()
+                for m in modules]
+    assert len(floats) == len(expected)
+    for got, want in zip(floats, expected):
+        np.testing.assert_array_equal(got, want)  # their own weights, untouched
+    others = {dtype for dtype, _ in weights if dtype != np.float32}
+    assert others == {np.dtype(np.int8)}
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    model = Net().eval()
+    with torch.no_grad():  # non-trivial BN statistics, so folding BN before quantizing is exercised
+        for bn in (model.features[1], model.features[4]):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def calibration() -> list[tuple[torch.Tensor]]:
+    return _images(16, 1)
+
+
+@pytest.fixture(scope="module")
+def heldout() -> list[tuple[torch.Tensor]]:
+    return _images(8, 2)
+
+
+@pytest.fixture(scope="module")
+def fp32(net, tmp_path_factory):
+    return _convert(net, tmp_path_factory.mktemp("fp32"), "fp32")
+
+
+@pytest.fixture(scope="module")
+def int8(net, calibration, tmp_path_factory):
+    return _convert(net, tmp_path_factory.mktemp("int8"), "int8", calibration=calibration)
+
+
+@pytest.fixture(scope="module")
+def int8_kept(net, calibration, tmp_path_factory):
+    return _convert(net, tmp_path_factory.mktemp("int8_kept"), "int8", frozenset({KEPT}), calibration)
+
+
+@pytest.fixture(scope="module")
+def int8_dynamic(net, tmp_path_factory):
+    return _convert(net, tmp_path_factory.mktemp("int8_dyn"), "int8-dynamic")
+
+
+def test_static_int8_quantizes_every_layer_calibrated(net, int8, fp32, heldout):
+    result, path = int8
+    q = result.quantization
+    assert q["weight_dtypes"] == {"int8": 5}  # read back from the .tflite
+    assert q["quantized_layers"] == quantizable_layers(net) and q["float_layers"] == []
+    assert "static_wi8_ai8" in q["toolchain"]
+    assert "16 calibration samples" in q["scheme"]
+    assert path.stat().st_size <= 0.3 * fp32[1].stat().st_size
+    parity = _parity(net, path, heldout)
+    assert parity["passed"], parity["failures"]
+    assert parity["outputs"][0]["max_abs_err"] > 0  # really quantized
+    assert result.coverage["not_delegated"] == {}  # XNNPACK takes the whole int8 graph
+    assert any(note.startswith("speed:") and "measure on the device" in note for note in result.notes)
+
+
+def test_static_int8_model_io_is_int8(int8):
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(int8[1])).get_signature_runner()
+    assert runner.get_input_details()["in_0"]["dtype"] == np.int8
+    assert runner.get_output_details()["out_0"]["dtype"] == np.int8
+
+
+def test_keep_float_leaves_exactly_that_layers_weights_float(net, int8_kept, heldout):
+    result, path = int8_kept
+    q = result.quantization
+    assert q["weight_dtypes"] == {"int8": 4, "fp32": 1}
+    assert q["float_layers"] == [{"name": KEPT, "reason": "kept in float on request"}]
+    assert q["quantized_layers"] == [n for n in quantizable_layers(net) if n != KEPT]
+    _assert_only_float_weights_are(path, net.get_submodule(KEPT))
+    assert result.coverage["op_types"]["DEQUANTIZE"] == 1 and result.coverage["op_types"]["QUANTIZE"] == 1
+    parity = _parity(net, path, heldout)
+    assert parity["passed"], parity["failures"]
+
+
+def test_keep_float_reaches_the_layer_that_makes_a_graph_output(net, calibration, tmp_path):
+    """The head's output tensor is named after the signature, not the module: found by its weight's name."""
+    result, path = _convert(net, tmp_path, "int8", frozenset({"head"}), calibration)
+    q = result.quantization
+    assert q["float_layers"] == [{"name": "head", "reason": "kept in float on request"}]
+    assert q["weight_dtypes"] == {"int8": 4, "fp32": 1}
+    _assert_only_float_weights_are(path, net.head)
+
+
+def test_keep_float_accepts_a_container(net, calibration, tmp_path):
+    result, _ = _convert(net, tmp_path, "int8", frozenset({"features"}), calibration)
+    q = result.quantization
+    assert q["quantized_layers"] == ["head"] and q["weight_dtypes"] == {"int8": 1, "fp32": 4}
+    assert q["float_layers"][0]["reason"] == "kept in float on request (inside kept module 'features')"
+
+
+def test_keep_float_finds_one_of_identical_blocks_in_a_module_list(tmp_path):
+    torch.manual_seed(6)
+    model = Blocks().eval()
+    result, path = _convert(model, tmp_path, "int8-dynamic", frozenset({"blocks.1.conv"}))
+    q = result.quantization
+    assert q["quantized_layers"] == ["stem", "blocks.0.conv", "head"]
+    assert q["float_layers"] == [{"name": "blocks.1.conv", "reason": "kept in float on request"}]
+    _assert_only_float_weights_are(path, model.blocks[1].conv)
+
+
+def test_keep_float_of_a_module_with_no_op_of_its_own_says_to_keep_its_parent(tmp_path):
+    torch.manual_seed(7)
+    model, x = Attention().eval(), torch.randn(1, 8, 32)
+    job = ConversionJob(model=model, example_inputs=(x,), recipe=sdk.recipes.resolve(PROFILE, ["int8-dynamic"]),
+                        profile=PROFILE, workdir=tmp_path, input_names=["in_0"], output_names=["out_0"],
+                        keep_float=frozenset({"attn.out_proj"}))
+    with pytest.raises(ConversionError, match="keep its parent module"):
+        converters.get("litert").convert(job)
+    job.keep_float = frozenset({"attn"})
+    q = converters.get("litert").convert(job).quantization
+    assert q["float_layers"] == [{"name": "attn", "reason": "kept in float on request"}]
+    assert q["quantized_layers"] == ["head"] and q["weight_dtypes"] == {"fp32": 2, "int8": 1}
+
+
+def test_dynamic_int8_has_int8_weights_and_float_io(net, int8_dynamic, fp32, heldout):
+    result, path = int8_dynamic
+    q = result.quantization
+    assert q["weight_dtypes"] == {"int8": 5} and q["quantized_layers"] == quantizable_layers(net)
+    assert "dynamic_wi8_afp32" in q["toolchain"]
+    assert path.stat().st_size <= 0.3 * fp32[1].stat().st_size
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner()
+    assert runner.get_input_details()["in_0"]["dtype"] == np.float32
+    parity = _parity(net, path, heldout)
+    assert parity["passed"], parity["failures"]
+
+
+def test_dynamic_int8_keeps_a_layer_float(net, tmp_path):
+    result, path = _convert(net, tmp_path, "int8-dynamic", frozenset({KEPT}))
+    assert result.quantization["weight_dtypes"] == {"int8": 4, "fp32": 1}
+    _assert_only_float_weights_are(path, net.get_submodule(KEPT))
+
+
+def test_bad_requests_fail_before_conversion(net, tmp_path):
+    with pytest.raises(ConversionError, match="features.99"):
+        _convert(net, tmp_path, "int8", frozenset({"features.99"}), _images(2, 3))
+    job = ConversionJob(model=net, example_inputs=_images(1, 0)[0],
+                        recipe=sdk.recipes.Recipe((sdk.recipes.Int8Static(symmetric_activations=True),)),
+                        profile=PROFILE, workdir=tmp_path, input_names=["in_0"], output_names=["out_0"],
+                        calibration=_images(2, 3))
+    with pytest.raises(UnsupportedRecipeError, match="symmetric_activations"):
+        converters.get("litert").convert(job)
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_reports_the_quantization_end_to_end(net, tmp_path):
+    res = sdk.export(net, "android-litert", _images(1, 0)[0], recipe=["int8"], calibration=_images(20, 4),
+                     output_dir=tmp_path)
+    q = res.report["quantization"]
+    assert {"toolchain", "scheme", "quantized_layers", "float_layers", "weight_dtypes",
+            "heldout", "sensitivity", "fallback"} <= set(q)
+    assert q["weight_dtypes"] == {"int8": 5}
+    assert q["heldout"]["samples"] == 4 and q["heldout"]["outputs"][0]["cosine"] >= 0.99
+    assert "XNNPACK" in q["heldout"]["ran_on"]
+    assert res.report["parity"]["passed"]
+
+
+def test_fallback_finds_the_outlier_layer_and_keeps_it_float(tmp_path):
+    torch.manual_seed(5)
+    model = DeadInputOutlier().eval()
+    calibration = [(torch.randn(1, 16),) for _ in range(20)]
+    res = sdk.export(model, "android-litert", calibration[0], recipe=["int8"], calibration=calibration,
+                     tolerance=sdk.Tolerance(min_cosine=0.99), output_dir=tmp_path)
+    q = res.report["quantization"]
+    assert q["fallback"]["kept_float"] == ["mid"]
+    assert q["fallback"]["steps"][0]["min_cosine"] < 0.99 and q["fallback"]["steps"][-1]["met"]
+    assert q["weight_dtypes"] == {"int8": 2, "fp32": 1}
+    assert q["quantized_layers"] == ["inp", "out"]
+    assert q["float_layers"] == [{"name": "mid", "reason": "kept in float by the fallback to meet the tolerance"}]
