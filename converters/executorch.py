@@ -9,30 +9,61 @@ model is cast with `.half()` and wrapped to cast its float inputs to fp16 and it
 program's I/O stays float32 (the bundle's contract) and the two boundary casts run as ExecuTorch portable kernels
 (XNNPACK does not take dtype conversions). BatchNorm after a conv or linear is folded into it by XNNPACK's
 FuseBatchNormPass during lowering, in fp32 and fp16 alike.
+
+Quantization, each with ExecuTorch's own XNNPACK tooling:
+- int8 / int8-dynamic: PT2E. `XNNPACKQuantizer` with `get_symmetric_quantization_config(is_per_channel=True,
+  is_dynamic=...)` annotates the exported graph, torchao's `prepare_pt2e` inserts observers, the calibration
+  samples run through it (static only), `convert_pt2e` folds the weights to int8, and the result is exported again
+  and lowered: XNNPACK takes each dequantize -> op -> quantize group as one integer op.
+- int4: torchao's 8da4w (`Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, PerGroup(g))`, what
+  ExecuTorch's LLM export uses) on the nn.Module before torch.export; XNNPACK runs it as int4 block-wise weights
+  with int8 per-token dynamic activations.
+Layers in `job.keep_float` stay float through the quantizers' own filters: `XNNPACKQuantizer.set_filter_function`
+with torchao's `get_module_name_filter` (its `set_module_name(name, None)` asserts "not supported yet" in 1.5.1),
+and `quantize_`'s `filter_fn`. The report's per-layer account comes from the quantized graph; the weight dtypes
+are read back from the XNNPACK payloads inside the written `.pte`.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.resources
+import json
 import logging
 import re
+import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.utils._pytree as pytree
+import torchao
+from executorch.backends.xnnpack import serialization as xnnpack_serialization
 from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+    XNNPACKQuantizer,
+    get_symmetric_quantization_config,
+)
+from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader
 from executorch.devtools.backend_debug import get_delegation_info
 from executorch.exir import EdgeProgramManager, to_edge_transform_and_lower
+from executorch.exir._serialize._flatbuffer import _flatc_decompile
+from executorch.exir._serialize._program import deserialize_pte_binary
 from executorch.exir.lowered_backend_module import get_lowered_backend_modules
 from executorch.version import __version__ as EXECUTORCH_VERSION
 from torch.export import ExportedProgram
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+from torchao.quantization.granularity import PerGroup
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+from torchao.quantization.pt2e.quantizer import get_module_name_filter
 
 from converters import register
 from converters.base import ConversionJob, ConversionResult, Converter
 from sdk.errors import ConversionError, ProfileError, UnsupportedRecipeError
+from sdk.recipes import Int4Weight, Int8Dynamic, Int8Static
 
 MODEL_FILE = "model.pte"
 PARTITIONERS: dict[str, Callable[[], Any]] = {"xnnpack": XnnpackPartitioner}
@@ -50,6 +81,24 @@ _XNNPACK_LOGGER = "executorch.backends.xnnpack.partition"
 _WHY = re.compile(r"WhyNoPartition: Node (\w+) was not partitioned because (.*?)\.?$", re.DOTALL)
 _OTHER_TARGETS = ("or export for a device whose toolchain handles it, e.g. 'android-litert' (LiteRT) "
                   "or 'intel-cpu' (OpenVINO)")
+
+
+#: precisions quantized here (the others are float: fp32 as exported, fp16 via `_Fp16Program`)
+QUANTIZED = frozenset({"int8", "int8-dynamic", "int4"})
+#: ops of the exported graph that are a conv or linear layer, with their weight as argument 1
+_LAYER_OPS = frozenset({torch.ops.aten.linear.default, torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default,
+                        torch.ops.aten.conv3d.default, torch.ops.aten.conv_transpose1d.default,
+                        torch.ops.aten.conv_transpose2d.input, torch.ops.aten.conv_transpose3d.input})
+#: what a quantizer puts between an integer weight and the op that reads it (PT2E, torchao's quantize_)
+_DEQUANTIZE = frozenset({torch.ops.quantized_decomposed.dequantize_per_channel.default,
+                         torch.ops.quantized_decomposed.dequantize_per_tensor.default,
+                         torch.ops.torchao.dequantize_affine.default})
+_FLOAT_LABELS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+#: XNNPACK weight datatypes (backends/xnnpack/serialization/schema.fbs, less the xnn_datatype_ prefix) as the
+#: report's dtype names: qc = per channel, qb = per block, qd = dynamic (activations)
+_XNN_LABELS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "qint8": "int8", "qcint8": "int8", "qcint4": "int4",
+               "qbint4": "int4"}
+_XNNPACK_ID = "XnnpackBackend"
 
 
 _FP16 = {
@@ -158,40 +207,318 @@ def _coverage(edge: EdgeProgramManager, reasons: dict[str, str]) -> dict[str, An
     }
 
 
+def _kept_by(layer: str, keep_float: frozenset[str]) -> str | None:
+    """The keep_float entry covering `layer` (the layer itself or a module enclosing it)."""
+    return next((k for k in sorted(keep_float) if layer == k or layer.startswith(k + ".")), None)
+
+
+def _kept_reason(layer: str, keep_float: frozenset[str]) -> str | None:
+    """The report's reason for a layer kept in float on request (naming the enclosing kept module), else None."""
+    kept = _kept_by(layer, keep_float)
+    if kept is None:
+        return None
+    return "kept in float on request" + ("" if kept == layer else f" (inside kept module {kept!r})")
+
+
+def _check_request(job: ConversionJob) -> None:
+    """Refuse what cannot be made before any export work."""
+    config = job.precision
+    supported = sorted(ExecuTorchConverter.supported)
+    if config.name not in ExecuTorchConverter.supported:
+        raise UnsupportedRecipeError(config.to_string(), ExecuTorchConverter.format, job.profile.id, supported)
+    if isinstance(config, Int8Static) and config.symmetric_activations:
+        raise UnsupportedRecipeError(f"{config} with symmetric_activations=True (XNNPACKQuantizer's INT8 "
+                                     "activations are per-tensor affine)", ExecuTorchConverter.format,
+                                     job.profile.id, supported)
+    unknown = sorted(set(job.keep_float) - dict(job.model.named_modules()).keys())
+    if unknown:
+        raise ConversionError(f"keep_float names modules the model does not have: {', '.join(unknown)}",
+                              fmt=ExecuTorchConverter.format, device=job.profile.id,
+                              hint="use qualified names as model.named_modules() lists them")
+
+
+def _pt2e_quantizer(job: ConversionJob) -> XNNPACKQuantizer:
+    """XNNPACKQuantizer with the job's INT8 scheme, every node of a `keep_float` module filtered out."""
+    config = job.precision
+    dynamic = isinstance(config, Int8Dynamic)
+    per_channel = dynamic or config.per_channel
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel,
+                                                                                is_dynamic=dynamic))
+    if job.keep_float:
+        kept = [get_module_name_filter(name) for name in sorted(job.keep_float)]
+        quantizer.set_filter_function(lambda node: not any(in_kept(node) for in_kept in kept))
+    return quantizer
+
+
+def _int4_skip_reason(module: torch.nn.Module, name: str, job: ConversionJob) -> str | None:
+    """Why 8da4w leaves this module float (None: it quantizes it); the `quantize_` filter and the report share it."""
+    kept = _kept_reason(name, job.keep_float)
+    if kept is not None:
+        return kept
+    if not isinstance(module, torch.nn.Linear):
+        return ("torchao's 8da4w (Int8DynamicActivationIntxWeightConfig) is applied to nn.Linear layers only, as in "
+                "ExecuTorch's own LLM export; use 'int8' to quantize convolutions")
+    group = job.precision.group_size
+    if module.in_features % group:
+        return (f"in_features {module.in_features} is not a multiple of group_size {group}, so its rows do not "
+                "split into whole groups; use a group size that divides it")
+    return None
+
+
+def _int4_model(job: ConversionJob) -> torch.nn.Module:
+    """A copy of the model with torchao's 8da4w on every Linear that `_int4_skip_reason` lets through."""
+    model = copy.deepcopy(job.model).eval()
+    config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                   weight_granularity=PerGroup(job.precision.group_size))
+    quantize_(model, config, filter_fn=lambda module, name: _int4_skip_reason(module, name, job) is None)
+    return model
+
+
+def _weight_dtype(weight: Any) -> str:
+    """The dtype a conv/linear weight is stored in: int<bits> behind a dequantize (bits from its integer range,
+    so torchao's int4-in-int8 storage reads as int4), else the float dtype of the constant."""
+    if isinstance(weight, torch.fx.Node) and weight.target in _DEQUANTIZE:
+        schema = weight.target._schema.arguments
+        args = {**{a.name: a.default_value for a in schema if a.has_default_value()},
+                **dict(zip((a.name for a in schema), weight.args)), **weight.kwargs}
+        info = torch.iinfo(args.get("input_dtype", args.get("dtype")))
+        low = info.min if args.get("quant_min") is None else args["quant_min"]
+        high = info.max if args.get("quant_max") is None else args["quant_max"]
+        return f"int{(high - low).bit_length()}"
+    value = weight.meta.get("val") if isinstance(weight, torch.fx.Node) else None
+    dtype = getattr(value, "dtype", None)
+    return _FLOAT_LABELS.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def _layer_weights(exported: ExportedProgram) -> dict[str, str]:
+    """Per torch module that runs a conv or linear op in the graph handed to lowering: its weight's dtype."""
+    layers: dict[str, str] = {}
+    for node in exported.graph.nodes:
+        stack = list(node.meta.get("nn_module_stack", {}).values())
+        if node.op == "call_function" and node.target in _LAYER_OPS and stack:
+            layers.setdefault(stack[-1][0], _weight_dtype(node.args[1]))
+    return layers
+
+
+def _xnnpack_graphs(pte: bytes) -> Iterator[dict[str, Any]]:
+    """The XNNGraph of every XNNPACK delegate in a `.pte`, as JSON.
+
+    ExecuTorch has no public reader for a delegate's payload, so this uses its own serialization internals
+    (`deserialize_pte_binary`, `XNNHeader`, `_flatc_decompile` with XNNPACK's schema.fbs): pinned to
+    executorch 1.5.1 and covered by the tests.
+    """
+    program = deserialize_pte_binary(pte).program
+    schema = importlib.resources.files(xnnpack_serialization).joinpath("schema.fbs").read_bytes()
+    for plan in program.execution_plan:
+        for delegate in plan.delegates:
+            if delegate.id != _XNNPACK_ID:
+                continue
+            payload = program.backend_delegate_data[delegate.processed.index].data
+            header = XNNHeader.from_bytes(payload[:XNNHeader.EXPECTED_LENGTH])
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp)
+                (folder / "schema.fbs").write_bytes(schema)
+                (folder / "graph.bin").write_bytes(
+                    payload[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size])
+                _flatc_decompile(tmp, str(folder / "schema.fbs"), str(folder / "graph.bin"))
+                text = (folder / "graph.json").read_text()
+            # flatc writes non-finite floats (a ReLU's output_max) bare; JSON's spelling is Infinity / NaN
+            yield json.loads(re.sub(r"(?<=: )(-?)inf\b", r"\1Infinity", text).replace(": nan", ": NaN"))
+
+
+def _xnnpack_storage(pte: bytes) -> dict[str, Counter]:
+    """XNNPACK datatypes of the weight, bias and input of every conv / fully-connected node in the `.pte`."""
+    found: dict[str, Counter] = {"weights": Counter(), "biases": Counter(), "inputs": Counter()}
+    roles = {"filter_id": "weights", "bias_id": "biases", "input1_id": "inputs"}
+    for graph in _xnnpack_graphs(pte):
+        dtypes = {}
+        for value in graph["xvalues"]:
+            tensor = value["xvalue_union"].get("tensor_value", value["xvalue_union"])
+            dtypes[tensor["id_out"]] = tensor["datatype"].removeprefix("xnn_datatype_")
+        for node in graph["xnodes"]:
+            fields = node["xnode_union"]
+            if "filter_id" in fields:
+                for key, role in roles.items():
+                    if key in fields and fields[key] in dtypes:
+                        found[role][dtypes[fields[key]]] += 1
+    return found
+
+
+def _activations(job: ConversionJob) -> str:
+    """How the quantized layers' activations run (the driver's sensitivity simulation reads this)."""
+    if isinstance(job.precision, Int8Static):
+        return "int8, static (calibrated ranges)"
+    return "int8, dynamic (quantized at run time, one scale per row)"
+
+
+def _scheme(job: ConversionJob) -> tuple[str, str]:
+    """(toolchain, human description of the scheme) for the job's quantization config."""
+    config = job.precision
+    if isinstance(config, Int4Weight):
+        toolchain = (f"torchao {torchao.__version__} quantize_(Int8DynamicActivationIntxWeightConfig(weight_dtype="
+                     f"int4, PerGroup({config.group_size}))) ('8da4w'), executorch {EXECUTORCH_VERSION} "
+                     "XnnpackPartitioner")
+        scheme = (f"nn.Linear weights int4 symmetric in groups of {config.group_size} input values (one scale per "
+                  "group); activations int8 affine, quantized at run time with one scale per token (row); biases "
+                  "and everything else float32; float32 program inputs and outputs")
+        return toolchain, scheme
+    toolchain = (f"executorch {EXECUTORCH_VERSION} XNNPACKQuantizer, torchao {torchao.__version__} PT2E "
+                 "(torchao.quantization.pt2e prepare_pt2e / convert_pt2e), lowered with XnnpackPartitioner")
+    if isinstance(config, Int8Dynamic):
+        scheme = ("weights int8 per-channel symmetric; activations int8 affine, quantized at run time (no "
+                  "calibration) with one scale per row, as XNNPACK's qdint8 does (the PT2E graph annotates "
+                  "per-tensor); biases float32; XNNPACKQuantizer's dynamic config covers linear layers and 2-D "
+                  "convs that are neither depthwise nor followed by a ReLU; float32 program inputs and outputs")
+        return toolchain, scheme
+    samples = len(job.calibration or [job.example_inputs])
+    weights = "per-channel" if config.per_channel else "per-tensor"
+    scheme = (f"weights int8 {weights} symmetric; activations int8 per-tensor affine, ranges from "
+              f"HistogramObserver over {samples} calibration samples; biases int32; float32 program inputs "
+              "and outputs (XNNPACK converts at the boundary)")
+    return toolchain, scheme
+
+
+def _float_reason(layer: str, dtype: str, job: ConversionJob) -> str:
+    module = dict(job.model.named_modules()).get(layer)
+    if isinstance(job.precision, Int4Weight) and module is not None:
+        reason = _int4_skip_reason(module, layer, job)
+    else:
+        reason = _kept_reason(layer, job.keep_float)
+    if reason is None:
+        reason = ("XNNPACKQuantizer's dynamic INT8 config does not take it (it quantizes linear layers and 2-D "
+                  "convs that are neither depthwise nor followed by a ReLU)" if isinstance(job.precision, Int8Dynamic)
+                  else "the quantizer left it float (no quantization pattern of its config matched the op)")
+    return f"{reason}; stays {dtype}"
+
+
+def _check_layers(job: ConversionJob, layers: dict[str, str]) -> None:
+    """Before lowering: a kept layer must read float weights, and the scheme must have quantized something."""
+    quantized = [name for name, dtype in layers.items() if dtype.startswith("int")]
+    not_float = sorted(name for name in quantized if _kept_by(name, job.keep_float))
+    if not_float:
+        raise ConversionError(f"{', '.join(not_float)} should have stayed float but the quantized graph reads "
+                              "integer weights", fmt=ExecuTorchConverter.format, device=job.profile.id,
+                              hint="report this with the model; meanwhile use 'fp16'")
+    if not quantized:
+        reasons = "; ".join(f"{name}: {_float_reason(name, dtype, job)}" for name, dtype in list(layers.items())[:3])
+        raise ConversionError(f"{job.precision} quantized no layer of this model "
+                              f"({reasons or 'it has no conv or linear layer'})",
+                              fmt=ExecuTorchConverter.format, device=job.profile.id,
+                              hint="use 'int8' (it covers convolutions) or 'fp16', or keep fewer layers in float")
+
+
+def _account(job: ConversionJob, layers: dict[str, str], pte: bytes) -> dict[str, Any]:
+    """Per layer, quantized or float (and why), from the graph that was lowered; weight dtypes from the `.pte`."""
+    storage = _xnnpack_storage(pte)
+    toolchain, scheme = _scheme(job)
+    return {
+        "toolchain": toolchain,
+        "scheme": scheme,
+        "activations": _activations(job),
+        "quantized_layers": [name for name, dtype in layers.items() if dtype.startswith("int")],
+        "float_layers": [{"name": name, "reason": _float_reason(name, dtype, job)}
+                         for name, dtype in layers.items() if not dtype.startswith("int")],
+        "weight_dtypes": dict(Counter(_XNN_LABELS.get(d, d) for d in storage["weights"].elements())),
+        "xnnpack_datatypes": {role: dict(counts) for role, counts in storage.items()},
+        "weight_dtypes_source": f"conv / fully-connected nodes of the XNNPACK payloads in {MODEL_FILE}; ops left "
+                                "outside XNNPACK are listed in coverage",
+    }
+
+
+def _cpu_flags() -> set[str] | None:
+    """This host's CPU feature flags, where Linux lists them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), None)
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
+def _speed_note() -> str:
+    """What quantization does for speed, worded from this host's int8 dot-product flags rather than promised."""
+    flags = _cpu_flags()
+    dot = sorted((flags or set()) & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
+    if flags is None:
+        host = "this host's CPU flags could not be read, so its INT8 timings cannot be judged"
+    elif dot:
+        host = (f"this host's CPU has int8 dot-product instructions ({', '.join(dot)}), which XNNPACK uses, so "
+                "INT8 timings taken here need not carry over to the device")
+    else:
+        host = ("this host's CPU has no int8 dot-product instructions (no VNNI), where XNNPACK's INT8 is often "
+                "no faster than fp32")
+    return (f"speed: quantization is applied for size and memory, not promised as a speed-up; {host}. On the "
+            "device it depends on its cores: XNNPACK's int8 kernels are fast on Arm cores with dot-product "
+            "instructions (SDOT from ARMv8.2, I8MM) and often no faster than fp32 on older ones (Cortex-A53/A73); "
+            "the dynamic schemes (int8-dynamic, int4) also quantize activations at every inference. Measure on "
+            "the device")
+
+
 @register
 class ExecuTorchConverter(Converter):
     """torch.export -> XNNPACK-lowered edge program -> `.pte`, run by the ExecuTorch runtime on the device."""
 
     format = "executorch"
-    supported = frozenset({"fp32", "fp16"})
+    supported = frozenset({"fp32", "fp16", *QUANTIZED})
     options: ClassVar[dict[str, str]] = {
         "partitioner": f"the delegate supported subgraphs are lowered to: {', '.join(PARTITIONERS)} (default xnnpack)",
     }
 
     def convert(self, job: ConversionJob) -> ConversionResult:
-        if job.precision.name not in self.supported:
-            raise UnsupportedRecipeError(job.precision.to_string(), self.format, job.profile.id, sorted(self.supported))
+        _check_request(job)
+        quantizing = job.precision.name in QUANTIZED
         exported = self._export_program(job)
+        if job.precision.name in ("int8", "int8-dynamic"):
+            exported = self._quantize_pt2e(job, exported)
+        layers = _layer_weights(exported) if quantizing else {}
+        if quantizing:
+            _check_layers(job, layers)
         edge, reasons = self._lower(job, exported)
         coverage = _coverage(edge, reasons)
         try:
             program = edge.to_executorch()
         except Exception as exc:
             raise _conversion_error("to_executorch", exc, job) from exc
+        quantization = _account(job, layers, program.buffer) if quantizing else (
+            _FP16 if job.precision.name == "fp16" else None)
         (Path(job.workdir) / MODEL_FILE).write_bytes(program.buffer)
-        note = (f"exported with executorch {EXECUTORCH_VERSION}; the program's inputs and outputs keep the model's "
-                "dtypes (float32 for a float model, in fp16 too)")
-        quantization = _FP16 if job.precision.name == "fp16" else None
-        return ConversionResult(MODEL_FILE, coverage=coverage, quantization=quantization, notes=[note])
+        notes = [(f"exported with executorch {EXECUTORCH_VERSION}; the program's inputs and outputs keep the "
+                  "model's dtypes (float32 for a float model, in fp16 and the quantized precisions too)")]
+        if quantizing:
+            notes.append(_speed_note())
+        return ConversionResult(MODEL_FILE, coverage=coverage, quantization=quantization, notes=notes)
 
     def _export_program(self, job: ConversionJob) -> ExportedProgram:
-        """torch.export of the model at this job's float precision (fp32 as is, fp16 via `_Fp16Program`)."""
-        model = _Fp16Program(job.model) if job.precision.name == "fp16" else job.model
+        """torch.export of the model at this job's precision: fp32 as is, fp16 via `_Fp16Program`, int4 with
+        torchao's 8da4w applied first; int8 is exported in float here and quantized by `_quantize_pt2e`."""
+        if job.precision.name == "fp16":
+            model = _Fp16Program(job.model)
+        elif job.precision.name == "int4":
+            try:
+                model = _int4_model(job)
+            except Exception as exc:
+                raise _conversion_error("torchao quantize_ (8da4w)", exc, job) from exc
+        else:
+            model = job.model
         try:
             with torch.no_grad():
                 return torch.export.export(model, tuple(job.example_inputs))
         except Exception as exc:
             raise _conversion_error("torch.export", exc, job) from exc
+
+    def _quantize_pt2e(self, job: ConversionJob, exported: ExportedProgram) -> ExportedProgram:
+        """PT2E with XNNPACKQuantizer: observe (static: on the calibration samples; dynamic: one pass so the weight
+        observers see the weights), fold to int8, export again for lowering."""
+        samples = [job.example_inputs] if isinstance(job.precision, Int8Dynamic) else (
+            job.calibration or [job.example_inputs])
+        try:
+            with torch.no_grad():
+                prepared = prepare_pt2e(exported.module(), _pt2e_quantizer(job))
+                for sample in samples:
+                    prepared(*sample)
+                return torch.export.export(convert_pt2e(prepared), tuple(job.example_inputs))
+        except Exception as exc:
+            raise _conversion_error("PT2E quantization (XNNPACKQuantizer)", exc, job) from exc
 
     def _lower(self, job: ConversionJob, exported: ExportedProgram) -> tuple[EdgeProgramManager, dict[str, str]]:
         """Edge dialect, with the subgraphs the profile's partitioner supports lowered to its delegate, and the

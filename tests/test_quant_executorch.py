@@ -1,0 +1,263 @@
+"""ExecuTorch/XNNPACK quantization with the real toolchain: PT2E XNNPACKQuantizer (int8, int8-dynamic) and torchao's
+8da4w (int4), lowered to XNNPACK and run by the ExecuTorch runtime.
+
+Layer outcomes are checked against the artifact, not only the converter's word: a layer kept in float must have its
+float32 weights in the .pte byte for byte (XNNPACK stores conv filters OHWI), a quantized one must not; sizes are
+the files' sizes and parity is the runtime's output against torch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("executorch")
+
+import backends
+import converters
+import sdk
+import sdk.devices
+import sdk.recipes
+from converters import ConversionJob
+from converters import executorch as et
+from converters.quant.sensitivity import quantizable_layers
+from samples import transformer_encoder
+from sdk.errors import ConversionError, UnsupportedRecipeError
+from sdk.parity import compare
+
+PROFILE = sdk.devices.get("android-arm64")
+KEPT = "features.6"  # a conv with no BatchNorm after it, so its float weights reach the file unchanged
+
+
+class Net(nn.Module):
+    """~0.4M parameters: conv-BN-ReLU blocks, plain convs, average pooling and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+class ConvAndOddLinear(nn.Module):
+    """What 8da4w cannot take next to what it can: a conv, a Linear whose 40 inputs do not split into groups of
+    32, and a Linear with 64 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 40, 3)
+        self.odd = nn.Linear(40, 64)
+        self.even = nn.Linear(64, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.even(torch.relu(self.odd(self.conv(x).mean(dim=(2, 3)))))
+
+
+def _job(model: nn.Module, inputs: tuple, workdir: Path, recipe: str | sdk.recipes.Config,
+         calibration: list | None = None, keep_float: frozenset[str] = frozenset()) -> ConversionJob:
+    return ConversionJob(model=model, example_inputs=inputs, recipe=sdk.recipes.resolve(PROFILE, [recipe]),
+                         profile=PROFILE, workdir=workdir, input_names=[f"in_{i}" for i in range(len(inputs))],
+                         output_names=["out_0"], calibration=calibration, keep_float=keep_float)
+
+
+def _convert(model: nn.Module, inputs: tuple, workdir: Path, recipe, **kwargs):
+    result = converters.get("executorch").convert(_job(model, inputs, workdir, recipe, **kwargs))
+    return result, workdir / result.model_file
+
+
+def _cosine(model: nn.Module, path: Path, samples: list[tuple]) -> float:
+    """The runtime's outputs on `samples` against torch's, pooled."""
+    x, = samples[0]
+    with torch.no_grad():
+        ref = [model(*s).numpy() for s in samples]
+    manifest = {"inputs": [{"name": "in_0", "shape": list(x.shape), "dtype": "float32"}],
+                "outputs": [{"name": "out_0", "shape": list(ref[0].shape), "dtype": "float32"}],
+                "runtime_options": dict(PROFILE.converter)}
+    session = backends.get("executorch").load(path, manifest)
+    got = [session.run([s[0].numpy()])[0] for s in samples]
+    return compare([np.concatenate(got)], [np.concatenate(ref)], {"min_cosine": -1.0})["outputs"][0]["cosine"]
+
+
+def _float_weight_in_file(module: nn.Module, path: Path) -> bool:
+    """Whether the layer's float32 weight is in the file as XNNPACK stores it (conv filters OHWI)."""
+    weight = module.weight.detach()
+    layout = weight.permute(0, 2, 3, 1) if weight.dim() == 4 else weight
+    return layout.contiguous().numpy().tobytes() in path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def net() -> Net:
+    torch.manual_seed(0)
+    model = Net().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them into the convs is exercised
+        for bn in (model.features[1], model.features[4]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def calibration() -> list[tuple[torch.Tensor]]:
+    torch.manual_seed(1)
+    return [(torch.randn(1, 3, 32, 32),) for _ in range(20)]
+
+
+@pytest.fixture(scope="module")
+def heldout() -> list[tuple[torch.Tensor]]:
+    torch.manual_seed(2)
+    return [(torch.randn(1, 3, 32, 32),) for _ in range(8)]
+
+
+@pytest.fixture(scope="module")
+def fp32_size(net, tmp_path_factory) -> int:
+    _, path = _convert(net, (torch.randn(1, 3, 32, 32),), tmp_path_factory.mktemp("fp32"), "fp32")
+    return path.stat().st_size
+
+
+@pytest.fixture(scope="module")
+def exported_int8(net, calibration, tmp_path_factory):
+    """sdk.export end to end: driver (held-out split, sensitivity) + this converter + validation."""
+    return sdk.export(net, "android-arm64", (torch.randn(1, 3, 32, 32),), recipe=["int8"], calibration=calibration,
+                      output_dir=tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="module")
+def int8_kept(net, calibration, tmp_path_factory):
+    return _convert(net, (torch.randn(1, 3, 32, 32),), tmp_path_factory.mktemp("kept"), "int8",
+                    calibration=calibration, keep_float=frozenset({KEPT}))
+
+
+@pytest.fixture(scope="module")
+def encoder() -> transformer_encoder.TransformerEncoder:
+    return transformer_encoder.build()  # 4 layers, d=384: 7.2M parameters
+
+
+@pytest.fixture(scope="module")
+def int4(encoder, tmp_path_factory):
+    return _convert(encoder, transformer_encoder.example_inputs(encoder), tmp_path_factory.mktemp("int4"), "int4",
+                    keep_float=frozenset({"head"}))
+
+
+def test_static_int8_is_small_and_matches_torch(net, exported_int8, fp32_size, heldout):
+    path = exported_int8.artifact.model_path
+    assert path.stat().st_size <= 0.3 * fp32_size
+    assert _cosine(net, path, heldout) >= 0.99
+    q = exported_int8.report["quantization"]
+    assert q["quantized_layers"] == quantizable_layers(net) and q["float_layers"] == []
+    assert q["weight_dtypes"] == {"int8": 5} and q["activations"].startswith("int8, static")
+    assert q["xnnpack_datatypes"] == {"weights": {"qcint8": 5}, "biases": {"qcint32": 5}, "inputs": {"qint8": 5}}
+    modules = dict(net.named_modules())
+    assert not any(_float_weight_in_file(modules[name], path) for name in ("features.6", "features.8", "head"))
+
+
+def test_export_reports_converter_and_driver_fields(exported_int8, calibration):
+    q = exported_int8.report["quantization"]
+    assert {"toolchain", "scheme", "quantized_layers", "float_layers", "weight_dtypes"} <= q.keys()
+    assert {"heldout", "sensitivity", "fallback"} <= q.keys()
+    assert "XNNPACKQuantizer" in q["toolchain"] and "16 calibration samples" in q["scheme"]  # 20 minus 4 held out
+    assert q["heldout"]["ran_on"].startswith("executorch") and q["heldout"]["samples"] == 4
+    assert q["heldout"]["outputs"][0]["cosine"] >= 0.99
+    assert q["sensitivity"]["layers_measured"] == 5 and q["fallback"]["kept_float"] == []
+    assert exported_int8.report["parity"]["passed"] is True
+
+
+def test_keep_float_leaves_exactly_that_layers_weights_float(net, int8_kept, heldout):
+    result, path = int8_kept
+    q = result.quantization
+    assert [f["name"] for f in q["float_layers"]] == [KEPT]
+    assert q["float_layers"][0]["reason"].startswith("kept in float on request")
+    assert sorted(q["quantized_layers"]) == sorted(set(quantizable_layers(net)) - {KEPT})
+    assert q["weight_dtypes"] == {"int8": 4, "fp32": 1}
+    assert q["xnnpack_datatypes"]["inputs"] == {"qint8": 4, "fp32": 1}  # the kept conv computes in float
+    modules = dict(net.named_modules())
+    assert _float_weight_in_file(modules[KEPT], path)
+    assert not any(_float_weight_in_file(modules[name], path) for name in ("features.8", "head"))
+    assert _cosine(net, path, heldout) >= 0.99
+
+
+def test_dynamic_int8_quantizes_linears_at_run_time_and_keeps_a_container_float(tmp_path):
+    model = transformer_encoder.build(small=True)
+    inputs = transformer_encoder.example_inputs(model)
+    result, path = _convert(model, inputs, tmp_path, "int8-dynamic", keep_float=frozenset({"layers.0"}))
+    q = result.quantization
+    kept = [name for name in quantizable_layers(model) if name.startswith("layers.0.")]
+    assert len(kept) == 6 and sorted(f["name"] for f in q["float_layers"]) == sorted(kept)
+    assert all("inside kept module 'layers.0'" in f["reason"] for f in q["float_layers"])
+    assert sorted(q["quantized_layers"]) == sorted(set(quantizable_layers(model)) - set(kept))
+    n = len(q["quantized_layers"])
+    assert q["xnnpack_datatypes"]["inputs"] == {"qdint8": n, "fp32": 6}  # activations quantized per inference
+    assert q["weight_dtypes"] == {"int8": n, "fp32": 6} and q["activations"].startswith("int8, dynamic")
+    torch.manual_seed(3)
+    assert _cosine(model, path, [transformer_encoder.example_inputs(model) for _ in range(4)]) >= 0.99
+
+
+def test_int4_encoder_is_under_a_fifth_of_fp32(encoder, int4):
+    result, path = int4
+    fp32_bytes = 4 * sum(p.numel() for p in encoder.parameters())  # a fp32 .pte holds at least these
+    assert path.stat().st_size <= 0.2 * fp32_bytes
+    torch.manual_seed(4)
+    assert _cosine(encoder, path, [transformer_encoder.example_inputs(encoder) for _ in range(3)]) >= 0.97
+    q = result.quantization
+    linears = [n for n, m in encoder.named_modules() if isinstance(m, nn.Linear)]
+    assert sorted(q["quantized_layers"]) == sorted(set(linears) - {"head"})
+    assert q["float_layers"] == [{"name": "head", "reason": "kept in float on request; stays fp32"}]
+    assert q["weight_dtypes"] == {"int4": 25, "fp32": 1}
+    assert q["xnnpack_datatypes"]["weights"] == {"qbint4": 25, "fp32": 1}  # block-wise int4 in XNNPACK
+    assert q["xnnpack_datatypes"]["inputs"] == {"qdint8": 25, "fp32": 1}
+    assert _float_weight_in_file(encoder.head, path)
+    assert not _float_weight_in_file(encoder.layers[0].mlp[0], path)
+
+
+def test_int4_reports_what_8da4w_cannot_take(tmp_path):
+    torch.manual_seed(0)
+    model = ConvAndOddLinear().eval()
+    result, path = _convert(model, (torch.randn(1, 3, 8, 8),), tmp_path, sdk.recipes.Int4Weight(group_size=32))
+    q = result.quantization
+    assert q["quantized_layers"] == ["even"]
+    reasons = {f["name"]: f["reason"] for f in q["float_layers"]}
+    assert "nn.Linear layers only" in reasons["conv"]
+    assert "in_features 40 is not a multiple of group_size 32" in reasons["odd"]
+    assert q["weight_dtypes"] == {"fp32": 2, "int4": 1}
+    assert _float_weight_in_file(model.odd, path) and _float_weight_in_file(model.conv, path)
+
+
+def test_a_scheme_that_quantizes_nothing_is_an_error(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval()
+    with pytest.raises(ConversionError, match="int4:32 quantized no layer.*nn.Linear layers only"):
+        _convert(model, (torch.randn(1, 3, 8, 8),), tmp_path, "int4")
+
+
+def test_bad_requests_fail_before_conversion(net, calibration, tmp_path):
+    with pytest.raises(UnsupportedRecipeError, match="symmetric_activations=True"):
+        _convert(net, calibration[0], tmp_path, sdk.recipes.Int8Static(symmetric_activations=True),
+                 calibration=calibration)
+    with pytest.raises(ConversionError, match="keep_float names modules the model does not have: nope"):
+        _convert(net, calibration[0], tmp_path, "int8", calibration=calibration, keep_float=frozenset({"nope"}))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, says", [
+    ({"avx2", "fma"}, "no int8 dot-product instructions (no VNNI)"),
+    ({"avx2", "avx_vnni", "avx512_vnni"}, "int8 dot-product instructions (avx512_vnni, avx_vnni)"),
+    (None, "could not be read"),
+])
+def test_speed_note_is_worded_from_the_cpu_flags(monkeypatch, flags, says):
+    monkeypatch.setattr(et, "_cpu_flags", lambda: flags)
+    note = et._speed_note()
+    assert note.startswith("speed: quantization is applied for size and memory, not promised as a speed-up")
+    assert says in note
+
+
+def test_quantized_results_carry_the_speed_note(int8_kept):
+    result, _ = int8_kept
+    assert any(n.startswith("speed:") for n in result.notes)
