@@ -4,10 +4,13 @@ Errors print one paragraph and exit non-zero; `--debug` shows the traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -109,6 +112,35 @@ def _model_and_inputs(spec: str, shapes: list[str]) -> tuple[Any, tuple]:
     return model, tuple(inputs)
 
 
+@contextlib.contextmanager
+def _toolchain_output(keep: bool):
+    """Send whatever the toolchains print to stderr (C++ logs, forced progress bars) to a file, unless `keep`.
+
+    On an error the tail is shown, since it may hold the toolchain's own explanation.
+    """
+    if keep:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            sink.seek(0)
+            tail = sink.read()[-3000:].decode(errors="replace").strip()
+            if tail:
+                err_console.print(f"[dim]toolchain output (last lines):\n{tail}[/dim]", highlight=False, markup=True)
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 class _StatusHandler(logging.Handler):
     """Mirror the SDK's progress log lines into a Rich status spinner."""
 
@@ -143,7 +175,7 @@ def export_cmd(
     rows, failed = [], 0
     logger = logging.getLogger("sdk")
     logger.setLevel(logging.INFO)
-    with console.status("starting") as status:
+    with console.status("starting") as status, _toolchain_output(keep=_state["debug"]):
         handler = _StatusHandler(lambda msg: status.update(msg))
         logger.addHandler(handler)
         try:
@@ -283,8 +315,60 @@ def bench_cmd(
         raise typer.Exit(1)
 
 
+@app.command("test")
+def test_cmd(
+    bundles: list[Path] = typer.Argument(..., help="Bundle folder(s), e.g. out/jetson-orin-nano"),
+    agent: str = typer.Option("local", "--agent", help="Agent URL, e.g. http://jetson.local:8765; 'local' runs here"),
+    token: Optional[str] = typer.Option(None, envvar="EDGE_SDK_AGENT_TOKEN", help="Agent bearer token"),
+    device: Optional[str] = typer.Option(None, "--device", help="Profile whose budgets apply (default: each bundle's)"),
+    junitxml: Optional[Path] = typer.Option(None, "--junitxml", help="Write JUnit XML here, for device-lab CI"),
+    warmup: int = typer.Option(10, help="Untimed iterations before timing"),
+    iterations: int = typer.Option(200, help="Timed iterations for latency, memory and energy"),
+    soak_iterations: int = typer.Option(1000, help="Iterations of the soak run (drift, memory growth)"),
+    latency_budget_ms: Optional[float] = typer.Option(None, help="Latency p90 budget for every bundle"),
+    memory_budget_mb: Optional[float] = typer.Option(None, help="Peak memory budget for every bundle"),
+    energy_budget_mj: Optional[float] = typer.Option(None, help="Energy per inference budget for every bundle"),
+) -> None:
+    """Gate bundles on a device: load, parity, latency, memory, energy, soak and bad input, through its agent.
+
+    Prints a table per bundle and exits non-zero when a check fails; budgets also come from a
+    device_tests.toml beside the bundles, else the device profile.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
+        raise UserInputError("edge-sdk test runs the device suite with pytest, which is not installed here: "
+                             "pip install pytest")
+    from device_tests.runner import run
+
+    code = run(bundles, agent=agent, token=token, device=device, junitxml=junitxml, warmup=warmup,
+               iterations=iterations, soak_iterations=soak_iterations, console=console,
+               budgets={"latency_p90_ms": latency_budget_ms, "memory_budget_mb": memory_budget_mb,
+                        "energy_mj_per_inference": energy_budget_mj})
+    if code:
+        raise SystemExit(code)  # not typer.Exit: main() runs the app with standalone_mode=False, which drops its code
+
+
+#: loggers of the toolchains the converters drive; their INFO/WARNING chatter hides the SDK's own output
+_TOOLCHAIN_LOGGERS = ("coremltools", "nncf", "torch", "torch.utils._pytree", "torchao", "executorch", "onnxscript", "onnxruntime", "absl",
+                      "litert_torch", "ai_edge_quantizer", "openvino", "jax", "root")
+
+
+def _quiet_toolchains() -> None:
+    """Silence third-party progress bars, warnings and C++ logs (`--debug` keeps them): the SDK reports what matters."""
+    import warnings
+
+    for var, value in (("TQDM_DISABLE", "1"), ("TF_CPP_MIN_LOG_LEVEL", "3"), ("GLOG_minloglevel", "2")):
+        os.environ.setdefault(var, value)
+    warnings.filterwarnings("ignore")
+    for name in _TOOLCHAIN_LOGGERS:
+        logging.getLogger(None if name == "root" else name).setLevel(logging.ERROR)
+
+
 def main() -> None:
     """Console-script entry point: turn SDK errors into one readable paragraph and exit code 1."""
+    if "--debug" not in sys.argv:
+        _quiet_toolchains()
     try:
         app(standalone_mode=False)
     except SdkError as exc:

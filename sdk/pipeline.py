@@ -68,8 +68,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     converter = converters.get(profile.format)
     _check_converter(converter, plan, profile)
     tol = plan.tolerance(tolerance)
-    calib = _materialize_calibration(calibration, len(inputs), "calibration")
-    evaluation = _materialize_calibration(eval_data, len(inputs), "eval_data")
+    calib = _materialize_calibration(calibration, inputs, "calibration")
+    evaluation = _materialize_calibration(eval_data, inputs, "eval_data")
     quantizing = quantization.is_quantizing(plan.precision)
     if quantizing:  # fail early, before any long pass, if static INT8 has no calibration data
         quantization.split_calibration(plan.precision, calib, evaluation, inputs, profile)
@@ -186,11 +186,12 @@ def _check_converter(converter: converters.Converter, plan: recipes.Recipe, prof
         raise UnsupportedRecipeError(precision.to_string(), profile.format, profile.id, supported)
 
 
-def _materialize_calibration(calibration: Iterable[Any] | None, n_inputs: int,
+def _materialize_calibration(calibration: Iterable[Any] | None, example_inputs: tuple[torch.Tensor, ...],
                              what: str) -> list[tuple[torch.Tensor, ...]] | None:
     """Turn any iterable of input tuples (or a DataLoader of (x, label) batches) into a list of input tuples."""
     if calibration is None:
         return None
+    n_inputs = len(example_inputs)
     samples: list[tuple[torch.Tensor, ...]] = []
     try:
         iterator = iter(calibration)
@@ -203,7 +204,14 @@ def _materialize_calibration(calibration: Iterable[Any] | None, n_inputs: int,
         if len(item) < n_inputs or not all(isinstance(t, torch.Tensor) for t in item[:n_inputs]):
             raise InvalidInputsError(f"{what} item {i} must hold {n_inputs} tensor(s) (the model's inputs, "
                                      f"extra items such as labels are ignored), got {len(item)} item(s)")
-        samples.append(tuple(t.detach().cpu() for t in item[:n_inputs]))
+        sample = tuple(t.detach().cpu() for t in item[:n_inputs])
+        for j, (got, want) in enumerate(zip(sample, example_inputs)):
+            if got.shape != want.shape or got.dtype != want.dtype:
+                raise InvalidInputsError(
+                    f"{what} item {i}, input {j}: shape {list(got.shape)} {str(got.dtype).replace('torch.', '')} differs "
+                    f"from example_inputs[{j}] {list(want.shape)} {str(want.dtype).replace('torch.', '')}; the exported "
+                    "graph has static shapes, so give samples of the example's shape (batch included)")
+        samples.append(sample)
     if not samples:
         raise InvalidInputsError(f"{what} is empty: give at least one input tuple")
     return samples

@@ -188,3 +188,10 @@ def test_unconvertible_op_names_op_and_format(device_id, model, inputs, op, tmp_
     assert sdk.devices.get(device_id).format in msg and op in msg and "Try" in msg, msg
     assert device_id in msg
     _no_partial(tmp_path)
+
+
+def test_calibration_of_the_wrong_shape_is_named(tiny_cnn, tiny_input, tmp_path):
+    wrong = [(torch.randn(1, 3, 32, 32),)]
+    with pytest.raises(InvalidInputsError, match=r"calibration item 0, input 0: shape \[1, 3, 32, 32\]"):
+        sdk.export(tiny_cnn, "intel-cpu", tiny_input, recipe="int8", calibration=wrong, output_dir=tmp_path)
+    _no_partial(tmp_path)
