@@ -5,6 +5,8 @@ configs it implements; `sdk.export` checks the recipe against that before any wo
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
@@ -66,3 +68,9 @@ class Converter:
 
     def convert(self, job: ConversionJob) -> ConversionResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def first_match(patterns: Iterable[re.Pattern[str]], message: str) -> str | None:
+    """Group 1 of the first pattern found in `message`: how converters pull the failing op's name out of a
+    toolchain's error text, whose wording differs by toolchain and version (hence several patterns)."""
+    return next((found.group(1) for pattern in patterns if (found := pattern.search(message))), None)

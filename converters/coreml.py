@@ -23,7 +23,7 @@ import torch
 
 from backends.coreml import CoreMLBackend, spec_summary, weight_storage
 from converters import register
-from converters.base import ConversionJob, ConversionResult, Converter
+from converters.base import ConversionJob, ConversionResult, Converter, first_match
 from sdk.errors import ConversionError, ProfileError, UnsupportedRecipeError
 
 __all__ = ["CoreMLConverter"]
@@ -412,7 +412,7 @@ def _conversion_error(exc: Exception, job: ConversionJob) -> ConversionError:
                                "(or through an identity such as clone), and a Core ML program cannot give one "
                                "tensor two names", fmt="coreml", device=job.profile.id,
                                hint="drop that output from forward(): the caller already has the tensor")
-    op = next((m.group(1) for p in _OP_PATTERNS if (m := p.search(message))), None)
+    op = first_match(_OP_PATTERNS, message)
     hint = ("rewrite it with ops Core ML supports, or register a translation with "
             "coremltools.converters.mil.frontend.torch.register_torch_op; or export for a device whose toolchain "
             "converts it, e.g. 'intel-cpu' (OpenVINO) or 'android-arm64' (ExecuTorch)") if op else \

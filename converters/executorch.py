@@ -61,7 +61,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 from torchao.quantization.pt2e.quantizer import get_module_name_filter
 
 from converters import register
-from converters.base import ConversionJob, ConversionResult, Converter
+from converters.base import ConversionJob, ConversionResult, Converter, first_match
 from sdk.errors import ConversionError, ProfileError, UnsupportedRecipeError
 from sdk.recipes import Int4Weight, Int8Dynamic, Int8Static
 
@@ -124,18 +124,10 @@ def _to_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype == torch.float16 else t
 
 
-def _failed_op(message: str) -> str | None:
-    for pattern in _OP_PATTERNS:
-        found = pattern.search(message)
-        if found:
-            return found.group(1)
-    return None
-
-
 def _conversion_error(stage: str, exc: Exception, job: ConversionJob) -> ConversionError:
     """The toolchain's exception as a ConversionError naming the op (when it says which) and what to try."""
     text = str(exc)
-    op = _failed_op(text)
+    op = first_match(_OP_PATTERNS, text)
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")[:300].rstrip(' ."')
     if isinstance(exc, GuardOnDataDependentSymNode):
         hint = ("the model branches in Python on a tensor's value, which torch.export cannot trace: use torch.where "

@@ -34,7 +34,7 @@ import torch.utils._pytree as pytree
 
 from backends.litert import delegation, open_interpreter
 from converters import register
-from converters.base import ConversionJob, ConversionResult, Converter
+from converters.base import ConversionJob, ConversionResult, Converter, first_match
 from sdk.errors import ConversionError, UnsupportedRecipeError
 from sdk.recipes import Int8Static
 
@@ -299,14 +299,6 @@ def _quiet_progress() -> Iterator[None]:
         os.environ.pop(key, None)
 
 
-def _failed_op(message: str) -> str | None:
-    for pattern in _OP_PATTERNS:
-        found = pattern.search(message)
-        if found:
-            return found.group(1)
-    return None
-
-
 @contextlib.contextmanager
 def _toolchain_errors(job: ConversionJob, hint: str | None = None) -> Iterator[None]:
     """Turn whatever the toolchain raises (torch.export, JAX lowering, MLIR, ai-edge-quantizer) into a
@@ -317,7 +309,7 @@ def _toolchain_errors(job: ConversionJob, hint: str | None = None) -> Iterator[N
         raise
     except Exception as exc:
         message = " ".join(str(exc).strip().split("\n\n")[0].split())  # its first paragraph, on one line
-        op = _failed_op(str(exc))
+        op = first_match(_OP_PATTERNS, str(exc))
         hint = hint or (f"replace {op} with ops litert-torch can lower, or pick a device whose format supports it"
                         if op else "check that torch.export.export(model, example_inputs) succeeds and that the model "
                                    "avoids data-dependent shapes; or pick a device with another format")

@@ -56,7 +56,7 @@ from onnxruntime.quantization import (
 )
 
 import converters
-from converters.base import ConversionJob, ConversionResult, Converter
+from converters.base import ConversionJob, ConversionResult, Converter, first_match
 from converters.quant.sensitivity import quantizable_layers
 from sdk.errors import ConversionError, ProfileError, UnsupportedRecipeError
 
@@ -80,6 +80,8 @@ COVERAGE_REASON = ("the device's runtime decides which layers run on its acceler
 _DTYPES = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16",
            TensorProto.INT8: "int8", TensorProto.UINT8: "uint8", TensorProto.INT4: "int4", TensorProto.UINT4: "uint4"}
 _INTEGER = {"int8", "uint8", "int4", "uint4"}
+_OP_PATTERNS = (re.compile(r"target=torch\.ops\.([\w.]+)"),  # torch.export-based exporter
+                re.compile(r"Exporting the operator '([^']+)'"))  # TorchScript exporter
 _INT4_SKIPS = {"Conv": "a Conv weight: TensorRT's INT4 is weight-only for matrix multiplies, and ONNX Runtime's "
                        "block-wise quantizer takes MatMul only",
                "ConvTranspose": "a ConvTranspose weight: TensorRT's INT4 is weight-only for matrix multiplies",
@@ -433,9 +435,7 @@ def _failed_op(message: str) -> str | None:
     found = re.search(r"OpOverload\(op='([^']+)', overload='([^']+)'\)", message)
     if found:
         return f"{found.group(1)}.{found.group(2)}"
-    found = (re.search(r"target=torch\.ops\.([\w.]+)", message)  # torch.export-based exporter
-             or re.search(r"Exporting the operator '([^']+)'", message))  # TorchScript exporter
-    return found.group(1) if found else None
+    return first_match(_OP_PATTERNS, message)
 
 
 def _summary(message: str) -> str:

@@ -162,6 +162,8 @@ def export_cmd(
     shape: list[str] = typer.Option([], "--shape", help="Input shape like 1x3x224x224 (repeat per input)"),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the artifact here and check parity"),
     agent: Optional[str] = typer.Option(None, "--agent", help="Validate on a remote agent at this URL instead of here"),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Parity tolerance; with a quantized recipe "
+                                               "the most sensitive layers stay in float until it is met"),
 ) -> None:
     """Export a model to one or more devices and print a summary table."""
     import sdk
@@ -172,6 +174,7 @@ def export_cmd(
         calib, _ = _load_attr(calibration, "calibration")
         calib = calib() if callable(calib) else calib
     targets = [p.id for p in devices.list()] if [d.lower() for d in device] == ["all"] else [devices.get(d).id for d in device]
+    tolerance = sdk.Tolerance(min_cosine=min_cosine) if min_cosine is not None else None
     rows, failed = [], 0
     logger = logging.getLogger("sdk")
     logger.setLevel(logging.INFO)
@@ -182,7 +185,7 @@ def export_cmd(
             for target in targets:
                 try:
                     res = sdk.export(net, target, inputs, recipe=recipe, calibration=calib, output_dir=out,
-                                     validate=agent or validate)
+                                     validate=agent or validate, tolerance=tolerance)
                     rows.append(_summary_row(res.report, res.artifact.path))
                 except SdkError as exc:
                     if len(targets) == 1:
@@ -346,7 +349,7 @@ def test_cmd(
                budgets={"latency_p90_ms": latency_budget_ms, "memory_budget_mb": memory_budget_mb,
                         "energy_mj_per_inference": energy_budget_mj})
     if code:
-        raise SystemExit(code)  # not typer.Exit: main() runs the app with standalone_mode=False, which drops its code
+        raise typer.Exit(code)
 
 
 #: loggers of the toolchains the converters drive; their INFO/WARNING chatter hides the SDK's own output
@@ -370,7 +373,9 @@ def main() -> None:
     if "--debug" not in sys.argv:
         _quiet_toolchains()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # without standalone mode, typer.Exit(n) comes back as a return value
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SdkError as exc:
         if _state["debug"]:
             raise

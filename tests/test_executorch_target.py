@@ -6,34 +6,22 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
+import target_helpers
 import torch
-import torch.utils._pytree as pytree
+from target_helpers import make_job, outputs_of, specs
 
 import backends
 import converters
 import sdk.devices
 import sdk.recipes
 from backends import InputMismatchError
-from converters import ConversionJob, ConversionResult
+from converters import ConversionResult
 from sdk.errors import ConversionError, UnsupportedRecipeError
 from sdk.parity import compare
 
 pytest.importorskip("executorch")
 
 PROFILE = sdk.devices.get("android-arm64")
-
-
-class SmallCNN(torch.nn.Module):
-    """conv + BN + ReLU + linear: every op has an XNNPACK kernel, BN folds into the conv."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = torch.nn.BatchNorm2d(8)
-        self.fc = torch.nn.Linear(8 * 8 * 8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
 
 
 class MeanPoolCNN(torch.nn.Module):
@@ -60,26 +48,9 @@ class DataDependentBranch(torch.nn.Module):
         return x * 2 if x.sum() > 0 else x - 1
 
 
-def _outputs(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
-    with torch.no_grad():
-        return [t.numpy() for t in pytree.tree_leaves(model(*inputs))]
-
-
-def _job(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], workdir: Path, recipe: str | None = None,
-         ) -> ConversionJob:
-    return ConversionJob(model=model, example_inputs=inputs, recipe=sdk.recipes.resolve(PROFILE, recipe),
-                         profile=PROFILE, workdir=workdir, input_names=[f"in_{i}" for i in range(len(inputs))],
-                         output_names=[f"out_{i}" for i in range(len(_outputs(model, inputs)))])
-
-
-def _spec(name: str, array: np.ndarray) -> dict:
-    return {"name": name, "shape": list(array.shape), "dtype": str(array.dtype)}
-
-
 def _manifest(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict:
     """The parts of a bundle manifest a backend reads."""
-    return {"inputs": [_spec(f"in_{i}", t.numpy()) for i, t in enumerate(inputs)],
-            "outputs": [_spec(f"out_{i}", a) for i, a in enumerate(_outputs(model, inputs))],
+    return {"inputs": specs("in", inputs), "outputs": specs("out", outputs_of(model, inputs)),
             "runtime_options": dict(PROFILE.converter)}
 
 
@@ -93,20 +64,15 @@ class Run(NamedTuple):
 
 def _convert_and_run(model, inputs, workdir: Path, recipe: str | None = None) -> Run:
     """Convert, load with the ExecuTorch backend, run, and keep torch's outputs beside the runtime's."""
-    result = converters.get("executorch").convert(_job(model, inputs, workdir, recipe))
+    result = converters.get("executorch").convert(make_job(model, inputs, PROFILE, workdir, recipe))
     path = workdir / result.model_file
     session = backends.get("executorch").load(path, _manifest(model, inputs))
-    return Run(result, path, session, session.run([t.numpy() for t in inputs]), _outputs(model, inputs))
+    return Run(result, path, session, session.run([t.numpy() for t in inputs]), outputs_of(model, inputs))
 
 
 @pytest.fixture(scope="module")
 def small_cnn() -> tuple[torch.nn.Module, tuple[torch.Tensor]]:
-    torch.manual_seed(0)
-    model = SmallCNN().eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them is exercised
-        model.bn.running_mean.uniform_(-1, 1)
-        model.bn.running_var.uniform_(0.5, 2)
-    return model, (torch.randn(1, 3, 8, 8),)
+    return target_helpers.small_cnn(spread=1.0, batch=1)
 
 
 @pytest.fixture(scope="module")
@@ -173,18 +139,18 @@ def test_fp16_runs_in_half_with_float32_io(small_cnn, cnn_fp32, tmp_path):
 
 def test_op_without_kernel_is_named(tmp_path):
     with pytest.raises(ConversionError) as info:
-        converters.get("executorch").convert(_job(Inverse(), (torch.randn(1, 3, 3),), tmp_path))
+        converters.get("executorch").convert(make_job(Inverse(), (torch.randn(1, 3, 3),), PROFILE, tmp_path))
     assert info.value.op == "aten.linalg_inv_ex.default"
     assert "android-arm64" in str(info.value) and "Try:" in str(info.value)
 
 
 def test_data_dependent_control_flow_is_explained(tmp_path):
     with pytest.raises(ConversionError, match="torch.export failed.*torch.cond"):
-        converters.get("executorch").convert(_job(DataDependentBranch(), (torch.randn(4),), tmp_path))
+        converters.get("executorch").convert(make_job(DataDependentBranch(), (torch.randn(4),), PROFILE, tmp_path))
 
 
 def test_unsupported_precision_is_refused(small_cnn, tmp_path):
-    job = _job(*small_cnn, tmp_path)
+    job = make_job(*small_cnn, PROFILE, tmp_path)
     job.recipe = sdk.recipes.Recipe((sdk.recipes.Palettize(),))  # a Core ML compression, not an ExecuTorch one
     with pytest.raises(UnsupportedRecipeError, match="palettize"):
         converters.get("executorch").convert(job)

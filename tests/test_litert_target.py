@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.utils._pytree as pytree
+from target_helpers import make_job, outputs_of, small_cnn, specs
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
@@ -16,23 +16,10 @@ import converters  # noqa: E402
 import sdk.devices  # noqa: E402
 import sdk.recipes  # noqa: E402
 from backends import InputMismatchError  # noqa: E402
-from converters import ConversionJob  # noqa: E402
 from sdk.errors import ConversionError, UnsupportedRecipeError  # noqa: E402
 from sdk.parity import compare  # noqa: E402
 
 PROFILE = sdk.devices.get("android-litert")
-
-
-class SmallCNN(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
-        self.bn = torch.nn.BatchNorm2d(16)
-        self.fc = torch.nn.Linear(16 * 4 * 4, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn(self.conv(x)))
-        return self.fc(torch.nn.functional.max_pool2d(y, 2).flatten(1))
 
 
 class TwoInTwoOut(torch.nn.Module):
@@ -68,25 +55,15 @@ class Histogram(torch.nn.Module):
         return torch.histc(x, bins=4)
 
 
-def _job(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], n_out: int, workdir: Path,
-         recipe: str | None = None) -> ConversionJob:
-    return ConversionJob(model=model, example_inputs=inputs, recipe=sdk.recipes.resolve(PROFILE, recipe),
-                         profile=PROFILE, workdir=workdir, input_names=[f"in_{i}" for i in range(len(inputs))],
-                         output_names=[f"out_{i}" for i in range(n_out)])
-
-
 def _manifest(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
-    def spec(prefix: str, arrays: list[np.ndarray]) -> list[dict]:
-        return [{"name": f"{prefix}_{i}", "shape": list(a.shape), "dtype": str(a.dtype)} for i, a in enumerate(arrays)]
-    return {"inputs": spec("in", inputs), "outputs": spec("out", outputs), "runtime_options": {}}
+    return {"inputs": specs("in", inputs), "outputs": specs("out", outputs), "runtime_options": {}}
 
 
 def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], workdir: Path, recipe: str | None = None):
     """Convert with the converter, load with the backend: (result, session, numpy inputs, fp32 outputs, model path)."""
-    with torch.no_grad():
-        ref = [t.numpy() for t in pytree.tree_leaves(model(*inputs))]
+    ref = outputs_of(model, inputs)
     np_inputs = [t.numpy() for t in inputs]
-    result = converters.get(PROFILE.format).convert(_job(model, inputs, len(ref), workdir, recipe))
+    result = converters.get(PROFILE.format).convert(make_job(model, inputs, PROFILE, workdir, recipe))
     path = workdir / result.model_file
     session = backends.get(PROFILE.runtime).load(path, _manifest(np_inputs, ref))
     return result, session, np_inputs, ref, path
@@ -94,12 +71,7 @@ def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], workdir: P
 
 @pytest.fixture(scope="module")
 def cnn():
-    torch.manual_seed(0)
-    model = SmallCNN().eval()
-    with torch.no_grad():  # non-trivial BN statistics, so folding BN into the conv is really exercised
-        model.bn.running_mean.uniform_(-0.5, 0.5)
-        model.bn.running_var.uniform_(0.5, 2.0)
-    return model, (torch.randn(2, 3, 8, 8),)
+    return small_cnn(spread=0.5, batch=2)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +180,8 @@ def test_int8_model_io_is_converted_with_the_tensors_own_params(tmp_path):
     prepared(x)
     quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     converter = converters.get("litert")
-    path = converter._convert(_job(model, (x,), 1, tmp_path), quantized, QuantConfig(pt2e_quantizer=quantizer))
+    job = make_job(model, (x,), PROFILE, tmp_path)
+    path = converter._convert(job, quantized, QuantConfig(pt2e_quantizer=quantizer))
 
     runner = Interpreter(model_path=str(path)).get_signature_runner()
     assert runner.get_input_details()["in_0"]["dtype"] == np.int8  # the path under test
@@ -223,7 +196,7 @@ def test_int8_model_io_is_converted_with_the_tensors_own_params(tmp_path):
 
 
 def test_unconvertible_op_is_a_conversion_error_naming_it(tmp_path):
-    job = _job(Histogram().eval(), (torch.randn(1, 16),), 1, tmp_path)
+    job = make_job(Histogram().eval(), (torch.randn(1, 16),), PROFILE, tmp_path)
     with pytest.raises(ConversionError) as info:
         converters.get("litert").convert(job)
     err = info.value
@@ -232,7 +205,7 @@ def test_unconvertible_op_is_a_conversion_error_naming_it(tmp_path):
 
 
 def test_unsupported_precision_is_refused_by_name(tmp_path):
-    job = _job(TwoInTwoOut().eval(), (torch.randn(1, 2), torch.randn(1, 2)), 2, tmp_path)
+    job = make_job(TwoInTwoOut().eval(), (torch.randn(1, 2), torch.randn(1, 2)), PROFILE, tmp_path)
     job.recipe = sdk.recipes.Recipe((sdk.recipes.Palettize(),))
     with pytest.raises(UnsupportedRecipeError, match="palettize"):
         converters.get("litert").convert(job)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from target_helpers import make_job, outputs_of, specs
 from torch import nn
 
 onnx = pytest.importorskip("onnx")
@@ -22,7 +23,6 @@ import backends  # noqa: E402
 import converters  # noqa: E402
 import converters.onnx as onnx_converter  # noqa: E402
 from backends.base import InputMismatchError  # noqa: E402
-from converters.base import ConversionJob  # noqa: E402
 from sdk import devices, parity, recipes  # noqa: E402
 from sdk.errors import ConversionError, ProfileError  # noqa: E402
 
@@ -35,30 +35,16 @@ def profile_with(opset: int | None = None, device: str = "jetson-orin-nano", **o
     return dataclasses.replace(profile, converter=table)
 
 
-def spec(prefix: str, index: int, array) -> dict:
-    return {"name": f"{prefix}_{index}", "shape": list(array.shape), "dtype": "float32"}
-
-
-def outputs_of(model: nn.Module, inputs: tuple) -> list[np.ndarray]:
-    with torch.no_grad():
-        out = model(*inputs)
-    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
-
-
 def convert(model: nn.Module, inputs: tuple, profile: devices.DeviceProfile, recipe: str | None, workdir: Path,
             n_out: int):
-    job = ConversionJob(model=model, example_inputs=inputs, recipe=recipes.resolve(profile, recipe), profile=profile,
-                        workdir=workdir, input_names=[f"in_{i}" for i in range(len(inputs))],
-                        output_names=[f"out_{i}" for i in range(n_out)])
-    return converters.get("onnx").convert(job)
+    return converters.get("onnx").convert(make_job(model, inputs, profile, workdir, recipe, n_out))
 
 
 def run_case(model, inputs, profile, recipe, workdir, runtime: str | None = None) -> dict:
     ref = outputs_of(model, inputs)
     plan = recipes.resolve(profile, recipe)
     result = convert(model, inputs, profile, recipe, workdir, len(ref))
-    manifest = {"inputs": [spec("in", i, t) for i, t in enumerate(inputs)],
-                "outputs": [spec("out", i, o) for i, o in enumerate(ref)],
+    manifest = {"inputs": specs("in", inputs), "outputs": specs("out", ref),
                 "runtime_options": dict(profile.converter), "recipe": plan.to_strings()}
     backend = backends.get(runtime or profile.runtime)
     assert backend.unavailable_reason() is None

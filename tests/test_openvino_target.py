@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from target_helpers import make_job, outputs_of, specs
 from torch import nn
 
 ov = pytest.importorskip("openvino")
@@ -16,32 +17,17 @@ ov = pytest.importorskip("openvino")
 import backends  # noqa: E402
 import converters  # noqa: E402
 from backends.base import InputMismatchError  # noqa: E402
-from converters.base import ConversionJob  # noqa: E402
-from sdk import devices, parity, recipes  # noqa: E402
+from sdk import devices, parity  # noqa: E402
 from sdk.errors import ConversionError  # noqa: E402
-
-
-def spec(prefix: str, index: int, array) -> dict:
-    return {"name": f"{prefix}_{index}", "shape": list(array.shape), "dtype": "float32"}
-
-
-def outputs_of(model: nn.Module, inputs: tuple) -> list[np.ndarray]:
-    with torch.no_grad():
-        out = model(*inputs)
-    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
 def convert(model: nn.Module, inputs: tuple, device: str, recipe: str | None, workdir: Path, n_out: int):
     profile = devices.get(device)
-    job = ConversionJob(model=model, example_inputs=inputs, recipe=recipes.resolve(profile, recipe), profile=profile,
-                        workdir=workdir, input_names=[f"in_{i}" for i in range(len(inputs))],
-                        output_names=[f"out_{i}" for i in range(n_out)])
-    return converters.get("openvino").convert(job), profile
+    return converters.get("openvino").convert(make_job(model, inputs, profile, workdir, recipe, n_out)), profile
 
 
 def load(workdir: Path, result, profile, inputs: tuple, outputs: list[np.ndarray]):
-    manifest = {"inputs": [spec("in", i, t) for i, t in enumerate(inputs)],
-                "outputs": [spec("out", i, o) for i, o in enumerate(outputs)],
+    manifest = {"inputs": specs("in", inputs), "outputs": specs("out", outputs),
                 "runtime_options": dict(profile.converter)}
     backend = backends.get(profile.runtime)
     assert backend.unavailable_reason() is None

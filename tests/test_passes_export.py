@@ -92,13 +92,15 @@ def test_passes_and_quantization_in_one_recipe(tmp_path):
 def test_cli_takes_recipe_and_calibration(tmp_path):
     model_file = tmp_path / "small_mnv2.py"
     model_file.write_text(
-        "import torch, samples.mobilenet_v2 as m\n"
-        "def build():\n    torch.manual_seed(0)\n    return m.MobileNetV2(num_classes=10, width_mult=0.35).eval()\n")
+        "import torch, samples.mobilenet_v2 as m\nfrom samples.calib import loader\n"
+        "def build():\n    torch.manual_seed(0)\n    model = m.MobileNetV2(num_classes=10, width_mult=0.35).train()\n"
+        "    with torch.no_grad():  # BatchNorm statistics from real photos\n"
+        "        for (x,) in loader(n=8, size=64):\n            model(x)\n    return model.eval()\n")
     calib_file = tmp_path / "calib64.py"
     calib_file.write_text("from samples.calib import loader as _l\ndef loader():\n    return _l(n=10, size=64)\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
     proc = subprocess.run([sys.executable, "-m", "sdk.cli", "export", f"{model_file}:build", "--device", "android-litert",
-                           "--shape", "1x3x64x64", "--recipe", "lowrank:0.5,distill:3,int8",
+                           "--shape", "1x3x64x64", "--recipe", "lowrank:0.5,distill:3,int8", "--min-cosine", "0.98",
                            "--calibration", f"{calib_file}:loader", "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from quant_models import REPORT_KEYS, noise_images, trained_bn
+from target_helpers import make_job
 from torch import nn
 
 ct = pytest.importorskip("coremltools")
@@ -23,7 +25,6 @@ ct = pytest.importorskip("coremltools")
 import converters  # noqa: E402
 import sdk  # noqa: E402
 from backends.coreml import spec_summary, weight_storage  # noqa: E402
-from converters.base import ConversionJob  # noqa: E402
 from samples import transformer_encoder  # noqa: E402
 from sdk import devices, recipes  # noqa: E402
 from sdk.errors import ConversionError, UnsupportedRecipeError  # noqa: E402
@@ -51,18 +52,13 @@ class DwCNN(nn.Module):
 
 
 def _images(n: int, seed: int) -> list[tuple[torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(1, 3, 16, 16, generator=g) * 2 - 1,) for _ in range(n)]
+    return noise_images(n, seed, size=16)
 
 
 @pytest.fixture(scope="module")
 def cnn() -> nn.Module:
     torch.manual_seed(0)
-    model = DwCNN().train()
-    with torch.no_grad():  # real BatchNorm statistics, so folding changes the conv weights
-        for (x,) in _images(4, seed=3):
-            model(x)
-    return model.eval()
+    return trained_bn(DwCNN(), _images(4, seed=3))
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +72,8 @@ def convert(cnn, tmp_path_factory):
             model, inputs = (model, inputs) if model is not None else (cnn, _images(1, seed=1)[0])
             profile = devices.get(device)
             workdir = tmp_path_factory.mktemp(f"{device}-{recipe.replace(':', '')}")
-            job = ConversionJob(model=model, example_inputs=inputs, recipe=recipes.resolve(profile, recipe),
-                                profile=profile, workdir=workdir, input_names=["in_0"], output_names=["out_0"],
-                                calibration=_images(4, seed=2), keep_float=frozenset(keep_float))
+            job = make_job(model, inputs, profile, workdir, recipe, calibration=_images(4, seed=2),
+                           keep_float=frozenset(keep_float))
             result = converters.get("coreml").convert(job)
             package = workdir / result.model_file
             cache[key] = result, weight_storage(package), (package / WEIGHTS_BIN).stat().st_size, package
@@ -173,9 +168,7 @@ def test_int4_needs_ios18_and_is_refused_before_any_work(convert, tmp_path):
     # ... and a user profile that lists it with an iOS17 target is refused by the converter, which says why.
     profile = dataclasses.replace(devices.get("apple-ane"), id="my-iphone", aliases=(),
                                   precisions=(*devices.get("apple-ane").precisions, "int4"))
-    job = ConversionJob(model=nn.Linear(64, 64), example_inputs=(torch.randn(1, 64),),
-                        recipe=recipes.resolve(profile, "int4"), profile=profile, workdir=tmp_path,
-                        input_names=["in_0"], output_names=["out_0"])
+    job = make_job(nn.Linear(64, 64), (torch.randn(1, 64),), profile, tmp_path, "int4")
     with pytest.raises(UnsupportedRecipeError, match="iOS18") as info:
         converters.get("coreml").convert(job)
     assert "palettize:4" in str(info.value) and "int4" not in info.value.supported
@@ -184,9 +177,7 @@ def test_int4_needs_ios18_and_is_refused_before_any_work(convert, tmp_path):
 
 def test_palettize_bits_coremltools_lacks_are_refused(convert, tmp_path):
     profile = devices.get("apple-ane")
-    job = ConversionJob(model=nn.Linear(64, 64), example_inputs=(torch.randn(1, 64),),
-                        recipe=recipes.resolve(profile, "palettize:5"), profile=profile, workdir=tmp_path,
-                        input_names=["in_0"], output_names=["out_0"])
+    job = make_job(nn.Linear(64, 64), (torch.randn(1, 64),), profile, tmp_path, "palettize:5")
     with pytest.raises(UnsupportedRecipeError, match="1, 2, 3, 4, 6, 8"):
         converters.get("coreml").convert(job)
 
@@ -238,9 +229,7 @@ def test_sdk_export_reports_quantization(cnn, tmp_path, recipe, calibration):
     data = _images(calibration, seed=7) if calibration else None
     res = sdk.export(cnn, "apple-ane", _images(1, seed=1)[0], recipe=recipe, calibration=data, output_dir=tmp_path)
     q = res.report["quantization"]
-    for key in ("toolchain", "scheme", "quantized_layers", "float_layers", "weight_dtypes",
-                "heldout", "sensitivity", "fallback"):
-        assert key in q, key
+    assert REPORT_KEYS <= set(q), REPORT_KEYS - set(q)
     assert q["quantized_layers"] == ["expand.0", "dw.0", "project", "head"]
     assert len(q["sensitivity"]["worst"]) == 5
     if ON_MAC:

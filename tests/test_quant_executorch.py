@@ -11,7 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import quant_models
 import torch
+from quant_models import REPORT_KEYS, with_bn_statistics
+from target_helpers import make_job
 from torch import nn
 
 pytest.importorskip("executorch")
@@ -21,7 +24,6 @@ import converters
 import sdk
 import sdk.devices
 import sdk.recipes
-from converters import ConversionJob
 from converters import executorch as et
 from converters.quant.sensitivity import quantizable_layers
 from samples import transformer_encoder
@@ -32,18 +34,13 @@ PROFILE = sdk.devices.get("android-arm64")
 KEPT = "features.6"  # a conv with no BatchNorm after it, so its float weights reach the file unchanged
 
 
-class Net(nn.Module):
-    """~0.4M parameters: conv-BN-ReLU blocks, plain convs, average pooling and a linear head."""
+class Net(quant_models.Net):
+    """quant_models.Net pooled by nn.AdaptiveAvgPool2d, which lowers to a keepdim mean that XNNPACK takes (a mean
+    without keepdim it refuses, leaving that op to portable kernels): the whole int8 graph is delegated."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(256, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)).flatten(1))
@@ -63,15 +60,8 @@ class ConvAndOddLinear(nn.Module):
         return self.even(torch.relu(self.odd(self.conv(x).mean(dim=(2, 3)))))
 
 
-def _job(model: nn.Module, inputs: tuple, workdir: Path, recipe: str | sdk.recipes.Config,
-         calibration: list | None = None, keep_float: frozenset[str] = frozenset()) -> ConversionJob:
-    return ConversionJob(model=model, example_inputs=inputs, recipe=sdk.recipes.resolve(PROFILE, [recipe]),
-                         profile=PROFILE, workdir=workdir, input_names=[f"in_{i}" for i in range(len(inputs))],
-                         output_names=["out_0"], calibration=calibration, keep_float=keep_float)
-
-
-def _convert(model: nn.Module, inputs: tuple, workdir: Path, recipe, **kwargs):
-    result = converters.get("executorch").convert(_job(model, inputs, workdir, recipe, **kwargs))
+def _convert(model: nn.Module, inputs: tuple, workdir: Path, recipe: str | sdk.recipes.Config, **fields):
+    result = converters.get("executorch").convert(make_job(model, inputs, PROFILE, workdir, [recipe], **fields))
     return result, workdir / result.model_file
 
 
@@ -98,12 +88,7 @@ def _float_weight_in_file(module: nn.Module, path: Path) -> bool:
 @pytest.fixture(scope="module")
 def net() -> Net:
     torch.manual_seed(0)
-    model = Net().eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them into the convs is exercised
-        for bn in (model.features[1], model.features[4]):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-    return model
+    return with_bn_statistics(Net(), spread=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +147,7 @@ def test_static_int8_is_small_and_matches_torch(net, exported_int8, fp32_size, h
 
 def test_export_reports_converter_and_driver_fields(exported_int8, calibration):
     q = exported_int8.report["quantization"]
-    assert {"toolchain", "scheme", "quantized_layers", "float_layers", "weight_dtypes"} <= q.keys()
-    assert {"heldout", "sensitivity", "fallback"} <= q.keys()
+    assert REPORT_KEYS <= q.keys()
     assert "XNNPACKQuantizer" in q["toolchain"] and "16 calibration samples" in q["scheme"]  # 20 minus 4 held out
     assert q["heldout"]["ran_on"].startswith("executorch") and q["heldout"]["samples"] == 4
     assert q["heldout"]["outputs"][0]["cosine"] >= 0.99

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from quant_models import REPORT_KEYS, Net, export_dead_input_outlier, export_int8, images, with_bn_statistics
+from target_helpers import make_job
 from torch import nn
 
 pytest.importorskip("litert_torch")
@@ -28,38 +30,6 @@ from sdk.parity import compare
 
 PROFILE = sdk.devices.get("android-litert")
 KEPT = "features.6"  # a conv with no BatchNorm after it, so its float weights reach the file unchanged
-
-
-class Net(nn.Module):
-    """~0.4M parameters: conv-BN-ReLU blocks, plain convs and a linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.ReLU())
-        self.head = nn.Linear(256, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
-
-
-class DeadInputOutlier(nn.Module):
-    """`mid` has a huge weight on an input that is always zero: harmless in float, but it sets every
-    per-channel INT8 scale, so all its other weights round to zero. Only keeping `mid` in float fixes it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inp, self.mid, self.out = nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 8)
-        with torch.no_grad():
-            self.inp.weight[0].zero_()
-            self.inp.bias[0] = -1.0  # ReLU makes input 0 of `mid` zero for every sample
-            self.mid.weight[:, 0] = 50.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.mid(torch.relu(self.inp(x)))))
 
 
 class Block(nn.Module):
@@ -100,18 +70,9 @@ class Attention(nn.Module):
         return self.head(self.attn(x, x, x, need_weights=False)[0])
 
 
-def _images(n: int, seed: int) -> list[tuple[torch.Tensor]]:
-    """Smooth image-like inputs (upsampled noise), so activations have realistic ranges."""
-    g = torch.Generator().manual_seed(seed)
-    return [(nn.functional.interpolate(torch.randn(1, 3, 8, 8, generator=g), size=32, mode="bilinear")
-             + 0.1 * torch.randn(1, 3, 32, 32, generator=g),) for _ in range(n)]
-
-
 def _convert(model: nn.Module, workdir: Path, recipe: str, keep_float: frozenset[str] = frozenset(),
              calibration: list | None = None):
-    job = ConversionJob(model=model, example_inputs=_images(1, 0)[0], recipe=sdk.recipes.resolve(PROFILE, [recipe]),
-                        profile=PROFILE, workdir=workdir, input_names=["in_0"], output_names=["out_0"],
-                        calibration=calibration, keep_float=keep_float)
+    job = make_job(model, images(1, 0)[0], PROFILE, workdir, [recipe], calibration=calibration, keep_float=keep_float)
     result = converters.get("litert").convert(job)
     return result, workdir / result.model_file
 
@@ -156,22 +117,17 @@ def _assert_only_float_weights_are(path: Path, *modules: nn.Module) -> None:
 @pytest.fixture(scope="module")
 def net() -> nn.Module:
     torch.manual_seed(0)
-    model = Net().eval()
-    with torch.no_grad():  # non-trivial BN statistics, so folding BN before quantizing is exercised
-        for bn in (model.features[1], model.features[4]):
-            bn.running_mean.uniform_(-0.2, 0.2)
-            bn.running_var.uniform_(0.5, 2.0)
-    return model
+    return with_bn_statistics(Net(), spread=0.2)
 
 
 @pytest.fixture(scope="module")
 def calibration() -> list[tuple[torch.Tensor]]:
-    return _images(16, 1)
+    return images(16, 1)
 
 
 @pytest.fixture(scope="module")
 def heldout() -> list[tuple[torch.Tensor]]:
-    return _images(8, 2)
+    return images(8, 2)
 
 
 @pytest.fixture(scope="module")
@@ -258,9 +214,7 @@ def test_keep_float_finds_one_of_identical_blocks_in_a_module_list(tmp_path):
 def test_keep_float_of_a_module_with_no_op_of_its_own_says_to_keep_its_parent(tmp_path):
     torch.manual_seed(7)
     model, x = Attention().eval(), torch.randn(1, 8, 32)
-    job = ConversionJob(model=model, example_inputs=(x,), recipe=sdk.recipes.resolve(PROFILE, ["int8-dynamic"]),
-                        profile=PROFILE, workdir=tmp_path, input_names=["in_0"], output_names=["out_0"],
-                        keep_float=frozenset({"attn.out_proj"}))
+    job = make_job(model, (x,), PROFILE, tmp_path, ["int8-dynamic"], keep_float=frozenset({"attn.out_proj"}))
     with pytest.raises(ConversionError, match="keep its parent module"):
         converters.get("litert").convert(job)
     job.keep_float = frozenset({"attn"})
@@ -291,22 +245,20 @@ def test_dynamic_int8_keeps_a_layer_float(net, tmp_path):
 
 def test_bad_requests_fail_before_conversion(net, tmp_path):
     with pytest.raises(ConversionError, match="features.99"):
-        _convert(net, tmp_path, "int8", frozenset({"features.99"}), _images(2, 3))
-    job = ConversionJob(model=net, example_inputs=_images(1, 0)[0],
+        _convert(net, tmp_path, "int8", frozenset({"features.99"}), images(2, 3))
+    job = ConversionJob(model=net, example_inputs=images(1, 0)[0],
                         recipe=sdk.recipes.Recipe((sdk.recipes.Int8Static(symmetric_activations=True),)),
                         profile=PROFILE, workdir=tmp_path, input_names=["in_0"], output_names=["out_0"],
-                        calibration=_images(2, 3))
+                        calibration=images(2, 3))
     with pytest.raises(UnsupportedRecipeError, match="symmetric_activations"):
         converters.get("litert").convert(job)
     assert not list(tmp_path.iterdir())
 
 
 def test_export_reports_the_quantization_end_to_end(net, tmp_path):
-    res = sdk.export(net, "android-litert", _images(1, 0)[0], recipe=["int8"], calibration=_images(20, 4),
-                     output_dir=tmp_path)
+    res = export_int8(net, "android-litert", tmp_path)
     q = res.report["quantization"]
-    assert {"toolchain", "scheme", "quantized_layers", "float_layers", "weight_dtypes",
-            "heldout", "sensitivity", "fallback"} <= set(q)
+    assert REPORT_KEYS <= set(q)
     assert q["weight_dtypes"] == {"int8": 5}
     assert q["heldout"]["samples"] == 4 and q["heldout"]["outputs"][0]["cosine"] >= 0.99
     assert "XNNPACK" in q["heldout"]["ran_on"]
@@ -314,12 +266,7 @@ def test_export_reports_the_quantization_end_to_end(net, tmp_path):
 
 
 def test_fallback_finds_the_outlier_layer_and_keeps_it_float(tmp_path):
-    torch.manual_seed(5)
-    model = DeadInputOutlier().eval()
-    calibration = [(torch.randn(1, 16),) for _ in range(20)]
-    res = sdk.export(model, "android-litert", calibration[0], recipe=["int8"], calibration=calibration,
-                     tolerance=sdk.Tolerance(min_cosine=0.99), output_dir=tmp_path)
-    q = res.report["quantization"]
+    q = export_dead_input_outlier("android-litert", tmp_path).report["quantization"]
     assert q["fallback"]["kept_float"] == ["mid"]
     assert q["fallback"]["steps"][0]["min_cosine"] < 0.99 and q["fallback"]["steps"][-1]["met"]
     assert q["weight_dtypes"] == {"int8": 2, "fp32": 1}

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from quant_models import REPORT_KEYS, Net, export_dead_input_outlier, export_int8, images, with_bn_statistics
+from target_helpers import make_job, outputs_of
 from torch import nn
 
 onnx = pytest.importorskip("onnx")
@@ -21,7 +23,6 @@ from onnx import TensorProto, numpy_helper
 import backends
 import converters
 import sdk
-from converters.base import ConversionJob
 from converters.onnx import layer_weights, module_of
 from converters.quant.sensitivity import quantizable_layers
 from samples import transformer_encoder
@@ -34,58 +35,16 @@ KEPT = "features.6"  # a conv with no BatchNorm after it, so its float weights r
 INT4 = recipes.Int4Weight(group_size=128)
 
 
-class Net(nn.Module):
-    """~0.4M parameters: conv-BN-ReLU blocks, plain convs and a linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.ReLU())
-        self.head = nn.Linear(256, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
-
-
-class DeadInputOutlier(nn.Module):
-    """`mid` has a huge weight on an input that is always zero: harmless in float, but it sets every
-    per-channel INT8 scale, so all its other weights round to zero. Only keeping `mid` in float fixes it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inp, self.mid, self.out = nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 8)
-        with torch.no_grad():
-            self.inp.weight[0].zero_()
-            self.inp.bias[0] = -1.0  # ReLU makes input 0 of `mid` zero for every sample
-            self.mid.weight[:, 0] = 50.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.mid(torch.relu(self.inp(x)))))
-
-
-def _images(n: int, seed: int) -> list[tuple[torch.Tensor]]:
-    """Smooth image-like inputs (upsampled noise), so activations have realistic ranges."""
-    g = torch.Generator().manual_seed(seed)
-    return [(nn.functional.interpolate(torch.randn(1, 3, 8, 8, generator=g), size=32, mode="bilinear")
-             + 0.1 * torch.randn(1, 3, 32, 32, generator=g),) for _ in range(n)]
-
-
 def _convert(model: nn.Module, workdir: Path, recipe: str | recipes.Config, example: tuple,
              keep_float: frozenset[str] = frozenset(), calibration: list | None = None):
-    job = ConversionJob(model=model, example_inputs=example, recipe=recipes.resolve(PROFILE, [recipe]),
-                        profile=PROFILE, workdir=workdir, input_names=[f"in_{i}" for i in range(len(example))],
-                        output_names=[f"out_{i}" for i in range(len(_outputs(model, example)))],
-                        calibration=calibration, keep_float=keep_float)
+    job = make_job(model, example, PROFILE, workdir, [recipe], calibration=calibration, keep_float=keep_float)
     result = converters.get("onnx").convert(job)
     return result, workdir / result.model_file
 
 
 def _run(model: nn.Module, path: Path, samples: list[tuple[torch.Tensor, ...]], recipe: str) -> tuple[dict, str]:
     """Held-out parity through the SDK's tensorrt backend (ONNX Runtime's CPU provider standing in)."""
-    refs = [_outputs(model, s) for s in samples]
+    refs = [outputs_of(model, s) for s in samples]
     manifest = {"inputs": [{"name": f"in_{i}", "shape": list(t.shape), "dtype": "float32"}
                            for i, t in enumerate(samples[0])],
                 "outputs": [{"name": f"out_{i}", "shape": list(r.shape), "dtype": "float32"}
@@ -96,12 +55,6 @@ def _run(model: nn.Module, path: Path, samples: list[tuple[torch.Tensor, ...]], 
     outputs = range(len(refs[0]))
     return compare([np.concatenate([g[i] for g in got]) for i in outputs],
                    [np.concatenate([r[i] for r in refs]) for i in outputs], {"min_cosine": -1.0}), session.ran_on
-
-
-def _outputs(model: nn.Module, sample: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
-    with torch.no_grad():
-        out = model(*sample)
-    return [t.numpy() for t in ((out,) if isinstance(out, torch.Tensor) else out)]
 
 
 def _stored(path: Path) -> dict[str, np.ndarray]:
@@ -120,32 +73,27 @@ def _qdq(path: Path) -> tuple[onnx.ModelProto, dict[str, TensorProto], list]:
 @pytest.fixture(scope="module")
 def net() -> nn.Module:
     torch.manual_seed(0)
-    model = Net().eval()
-    with torch.no_grad():  # non-trivial BN statistics, so folding BN before quantizing is exercised
-        for bn in (model.features[1], model.features[4]):
-            bn.running_mean.uniform_(-0.2, 0.2)
-            bn.running_var.uniform_(0.5, 2.0)
-    return model
+    return with_bn_statistics(Net(), spread=0.2)
 
 
 @pytest.fixture(scope="module")
 def calibration() -> list[tuple[torch.Tensor]]:
-    return _images(16, 1)
+    return images(16, 1)
 
 
 @pytest.fixture(scope="module")
 def heldout() -> list[tuple[torch.Tensor]]:
-    return _images(8, 2)
+    return images(8, 2)
 
 
 @pytest.fixture(scope="module")
 def fp32(net, tmp_path_factory):
-    return _convert(net, tmp_path_factory.mktemp("fp32"), "fp32", _images(1, 0)[0])
+    return _convert(net, tmp_path_factory.mktemp("fp32"), "fp32", images(1, 0)[0])
 
 
 @pytest.fixture(scope="module")
 def int8(net, calibration, tmp_path_factory):
-    return _convert(net, tmp_path_factory.mktemp("int8"), "int8", _images(1, 0)[0], calibration=calibration)
+    return _convert(net, tmp_path_factory.mktemp("int8"), "int8", images(1, 0)[0], calibration=calibration)
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +134,7 @@ def test_int8_quantizes_every_layer_in_tensorrt_form(net, int8, fp32, heldout):
 
 
 def test_keep_float_leaves_exactly_that_layers_weight_float(net, calibration, heldout, tmp_path):
-    result, path = _convert(net, tmp_path, "int8", _images(1, 0)[0], frozenset({KEPT}), calibration)
+    result, path = _convert(net, tmp_path, "int8", images(1, 0)[0], frozenset({KEPT}), calibration)
     q = result.quantization
     assert q["weight_dtypes"] == {"int8": 4, "fp32": 1}
     assert q["float_layers"] == [{"name": KEPT, "reason": "kept in float on request"}]
@@ -200,7 +148,7 @@ def test_keep_float_leaves_exactly_that_layers_weight_float(net, calibration, he
 
 
 def test_keep_float_accepts_a_container(net, calibration, tmp_path):
-    result, _ = _convert(net, tmp_path, "int8", _images(1, 0)[0], frozenset({"features"}), calibration)
+    result, _ = _convert(net, tmp_path, "int8", images(1, 0)[0], frozenset({"features"}), calibration)
     q = result.quantization
     assert q["quantized_layers"] == ["head"] and q["weight_dtypes"] == {"int8": 1, "fp32": 4}
     assert q["float_layers"][0]["reason"] == "kept in float on request (inside kept module 'features')"
@@ -262,9 +210,9 @@ def test_requests_tensorrt_cannot_build_are_refused(net, encoder, tmp_path):
     assert "int4:128" in str(info.value)
     assert "int8-dynamic" not in converters.get("onnx").supported
     with pytest.raises(UnsupportedRecipeError, match="int8-dynamic"):
-        sdk.export(net, "jetson", _images(1, 0)[0], recipe=["int8-dynamic"], output_dir=tmp_path)
+        sdk.export(net, "jetson", images(1, 0)[0], recipe=["int8-dynamic"], output_dir=tmp_path)
     with pytest.raises(ConversionError, match="features.99"):
-        _convert(net, tmp_path, "int8", _images(1, 0)[0], frozenset({"features.99"}), _images(2, 3))
+        _convert(net, tmp_path, "int8", images(1, 0)[0], frozenset({"features.99"}), images(2, 3))
     assert not list(tmp_path.iterdir())
 
 
@@ -278,11 +226,9 @@ def test_node_names_map_back_to_modules():
 
 
 def test_export_reports_the_quantization_end_to_end(net, tmp_path):
-    res = sdk.export(net, "jetson", _images(1, 0)[0], recipe=["int8"], calibration=_images(20, 4),
-                     output_dir=tmp_path)
+    res = export_int8(net, "jetson", tmp_path)
     q = res.report["quantization"]
-    assert {"toolchain", "scheme", "quantized_layers", "float_layers", "weight_dtypes",
-            "heldout", "sensitivity", "fallback"} <= set(q)
+    assert REPORT_KEYS <= set(q)
     assert q["weight_dtypes"] == {"int8": 5}
     assert q["heldout"]["samples"] == 4 and q["heldout"]["outputs"][0]["cosine"] >= 0.99
     assert "stand-in for TensorRT" in q["heldout"]["ran_on"]
@@ -290,12 +236,7 @@ def test_export_reports_the_quantization_end_to_end(net, tmp_path):
 
 
 def test_fallback_finds_the_outlier_layer_and_keeps_it_float(tmp_path):
-    torch.manual_seed(5)
-    model = DeadInputOutlier().eval()
-    calibration = [(torch.randn(1, 16),) for _ in range(20)]
-    res = sdk.export(model, "jetson", calibration[0], recipe=["int8"], calibration=calibration,
-                     tolerance=sdk.Tolerance(min_cosine=0.99), output_dir=tmp_path)
-    q = res.report["quantization"]
+    q = export_dead_input_outlier("jetson", tmp_path).report["quantization"]
     assert q["fallback"]["kept_float"] == ["mid"]
     assert q["fallback"]["steps"][0]["min_cosine"] < 0.99 and q["fallback"]["steps"][-1]["met"]
     assert q["weight_dtypes"] == {"int8": 2, "fp32": 1}

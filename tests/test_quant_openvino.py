@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from quant_models import REPORT_KEYS, DeadInputOutlier, Net, images, trained_bn
+from target_helpers import make_job
 from torch import nn
 
 ov = pytest.importorskip("openvino")
@@ -20,62 +22,18 @@ pytest.importorskip("nncf")
 import backends  # noqa: E402
 import converters  # noqa: E402
 import sdk  # noqa: E402
-from converters.base import ConversionJob  # noqa: E402
 from samples import transformer_encoder  # noqa: E402
-from sdk import devices, recipes  # noqa: E402
+from sdk import devices  # noqa: E402
 from sdk.errors import ConversionError  # noqa: E402
 from sdk.parity import compare  # noqa: E402
 
 WEIGHTED = {"Convolution", "GroupConvolution", "MatMul"}
 
 
-class Net(nn.Module):
-    """~0.4M parameters: conv-BN-ReLU blocks (BN folds into the conv in the IR), plain convs, a linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.ReLU())
-        self.head = nn.Linear(256, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
-
-
-class DeadInputOutlier(nn.Module):
-    """`mid` has a huge weight on an input that is always zero: harmless in float, but it sets every
-    per-channel INT8 scale, so all its other weights round to zero. Only keeping `mid` in float fixes it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inp, self.mid, self.out = nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 8)
-        with torch.no_grad():
-            self.inp.weight[0].zero_()
-            self.inp.bias[0] = -1.0  # ReLU makes input 0 of `mid` zero for every sample
-            self.mid.weight[:, 0] = 50.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.mid(torch.relu(self.inp(x)))))
-
-
-def _images(n: int, seed: int) -> list[tuple[torch.Tensor]]:
-    """Smooth image-like inputs (upsampled noise), so activations have realistic ranges."""
-    g = torch.Generator().manual_seed(seed)
-    return [(nn.functional.interpolate(torch.randn(1, 3, 8, 8, generator=g), size=32, mode="bilinear")
-             + 0.1 * torch.randn(1, 3, 32, 32, generator=g),) for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def net() -> nn.Module:
     torch.manual_seed(0)
-    model = Net().train()
-    with torch.no_grad():  # real BatchNorm statistics, so folding changes the conv weights
-        for (x,) in _images(4, seed=3):
-            model(x.repeat(4, 1, 1, 1))
-    return model.eval()
+    return trained_bn(Net(), [(x.repeat(4, 1, 1, 1),) for (x,) in images(4, seed=3)])
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +45,11 @@ def convert(net, tmp_path_factory):
     @functools.cache
     def run(device: str, recipe: str, keep_float: frozenset[str] = frozenset(), model: nn.Module | None = None,
             inputs: tuple | None = None):
-        calibration = _images(16, seed=2) if model is None else None
-        model, inputs = (net, _images(1, seed=1)[0]) if model is None else (model, inputs)
+        calibration = images(16, seed=2) if model is None else None
+        model, inputs = (net, images(1, seed=1)[0]) if model is None else (model, inputs)
         profile = devices.get(device)
         workdir = tmp_path_factory.mktemp(f"{device}-{recipe}")
-        job = ConversionJob(model=model, example_inputs=inputs, recipe=recipes.resolve(profile, recipe),
-                            profile=profile, workdir=workdir, input_names=[f"in_{i}" for i in range(len(inputs))],
-                            output_names=["out_0"], calibration=calibration, keep_float=keep_float)
+        job = make_job(model, inputs, profile, workdir, recipe, calibration=calibration, keep_float=keep_float)
         result = converters.get("openvino").convert(job)
         return result, workdir / result.model_file
 
@@ -172,7 +128,7 @@ def test_int8_cpu_stores_int8_per_channel_weights_and_quantizes_activations(net,
     low, high = _input_range(xml)  # signed data: an asymmetric range on CPU (preset=mixed)
     assert low < 0 < high and abs(low / high + 128 / 127) > 1e-3
     assert _size(xml) <= 0.3 * _size(fp32), (_size(xml), _size(fp32))
-    assert _cosine(net, xml, "intel-cpu", _images(8, seed=9)) >= 0.99
+    assert _cosine(net, xml, "intel-cpu", images(8, seed=9)) >= 0.99
 
 
 def test_int8_npu_quantizes_activations_symmetrically(net, convert):
@@ -183,7 +139,7 @@ def test_int8_npu_quantizes_activations_symmetrically(net, convert):
     assert "preset=performance" in result.quantization["toolchain"] and "target_device=NPU" in result.quantization[
         "toolchain"]
     assert any("symmetric" in note and "intel-npu" in note for note in result.notes)
-    assert _cosine(net, xml, "intel-npu", _images(8, seed=9)) >= 0.99  # on the CPU plugin, as stand-in
+    assert _cosine(net, xml, "intel-npu", images(8, seed=9)) >= 0.99  # on the CPU plugin, as stand-in
 
 
 def test_keep_float_leaves_exactly_that_layer_float(convert):
@@ -217,8 +173,7 @@ def test_int8_dynamic_is_weight_only_and_cpu_quantizes_matmul_inputs_at_run_time
     model = transformer_encoder.build(small=True)
     inputs = transformer_encoder.example_inputs(model)
     profile = devices.get("intel-cpu")
-    job = ConversionJob(model=model, example_inputs=inputs, recipe=recipes.resolve(profile, "int8-dynamic"),
-                        profile=profile, workdir=tmp_path, input_names=["in_0"], output_names=["out_0"])
+    job = make_job(model, inputs, profile, tmp_path, "int8-dynamic")
     result = converters.get("openvino").convert(job)
     xml = tmp_path / result.model_file
     assert {w["dtype"] for w in _weights(xml)} == {"u8"}  # asymmetric: uint8 + zero point
@@ -253,8 +208,7 @@ def encoder_int4(tmp_path_factory):
     out = {"model": model}
     for recipe in ("fp32", "int4"):
         workdir = tmp_path_factory.mktemp(f"encoder-{recipe}")
-        job = ConversionJob(model=model, example_inputs=inputs, recipe=recipes.resolve(profile, recipe),
-                            profile=profile, workdir=workdir, input_names=["in_0"], output_names=["out_0"])
+        job = make_job(model, inputs, profile, workdir, recipe)
         result = converters.get("openvino").convert(job)
         out[recipe] = (result, workdir / result.model_file)
     return out
@@ -301,11 +255,10 @@ def test_int4_on_npu_uses_a_symmetric_backup(convert):
 # --- through sdk.export: the driver's held-out parity, sensitivity and fallback on top ---
 
 def test_export_int8_reports_converter_and_driver_fields(net, tmp_path):
-    res = sdk.export(net, "intel-cpu", _images(1, seed=1)[0], recipe=["int8"], calibration=_images(20, seed=4),
+    res = sdk.export(net, "intel-cpu", images(1, seed=1)[0], recipe=["int8"], calibration=images(20, seed=4),
                      output_dir=tmp_path)
     q = res.report["quantization"]
-    assert {"toolchain", "scheme", "quantized_layers", "float_layers", "weight_dtypes",
-            "heldout", "sensitivity", "fallback"} <= set(q)
+    assert REPORT_KEYS <= set(q)
     assert q["heldout"]["samples"] == 4 and "openvino" in q["heldout"]["ran_on"]
     assert q["heldout"]["outputs"][0]["cosine"] >= 0.99
     assert q["weight_dtypes"] == {"int8": 5} and q["fallback"]["kept_float"] == []

@@ -3,28 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from quant_models import REPORT_KEYS, Net, noise_images, trained_bn
 from torch import nn
 
 import sdk
 from sdk.errors import InvalidInputsError, ParityError, UnsupportedRecipeError
 
 HOST_RUNNABLE_INT8 = ["android-arm64", "android-litert", "intel-cpu", "jetson-orin-nano"]
-
-
-class MidCNN(nn.Module):
-    """~0.4M parameters: big enough that an INT8 artifact's size ratio is about weights, not headers."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
-            nn.Conv2d(128, 256, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(256, 10)
-
-    def forward(self, x):
-        return self.head(self.features(x).mean(dim=(2, 3)))
 
 
 class OutlierMLP(nn.Module):
@@ -47,32 +32,26 @@ class OutlierMLP(nn.Module):
 
 
 def _images(n: int, seed: int = 0) -> list[tuple[torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(1, 3, 32, 32, generator=g) * 2 - 1,) for _ in range(n)]
+    return noise_images(n, seed, size=32)
 
 
 @pytest.fixture(scope="module")
-def mid_cnn():
+def net():
     torch.manual_seed(0)
-    m = MidCNN()
-    m.train()
-    with torch.no_grad():
-        for (x,) in _images(8, seed=9):
-            m(x)
-    return m.eval()
+    return trained_bn(Net(), _images(8, seed=9))
 
 
 @pytest.fixture(scope="module")
-def fp32_sizes(mid_cnn, tmp_path_factory):
+def fp32_sizes(net, tmp_path_factory):
     out = tmp_path_factory.mktemp("fp32")
-    return {d: sdk.export(mid_cnn, d, _images(1)[0], recipe="fp32", output_dir=out).artifact.size_bytes
+    return {d: sdk.export(net, d, _images(1)[0], recipe="fp32", output_dir=out).artifact.size_bytes
             for d in HOST_RUNNABLE_INT8 + ["apple-ane"]}
 
 
 @pytest.fixture(scope="module")
-def int8_exports(mid_cnn, tmp_path_factory):
+def int8_exports(net, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8")
-    return {d: sdk.export(mid_cnn, d, _images(1)[0], recipe="int8", calibration=_images(20), output_dir=out)
+    return {d: sdk.export(net, d, _images(1)[0], recipe="int8", calibration=_images(20), output_dir=out)
             for d in HOST_RUNNABLE_INT8 + ["apple-ane"]}
 
 
@@ -82,8 +61,7 @@ def test_int8_is_small_and_checked(device_id, int8_exports, fp32_sizes):
     ratio = res.artifact.size_bytes / fp32_sizes[device_id]
     assert ratio <= 0.3, (device_id, ratio)
     q = res.report["quantization"]
-    for key in ("toolchain", "scheme", "float_layers", "weight_dtypes", "heldout", "sensitivity", "fallback"):
-        assert key in q, (device_id, key)
+    assert REPORT_KEYS <= set(q), (device_id, REPORT_KEYS - set(q))
     assert q["heldout"]["source"].startswith("last 4 of 20")
     assert len(q["sensitivity"]["worst"]) > 0
     if device_id != "apple-ane":
@@ -91,15 +69,15 @@ def test_int8_is_small_and_checked(device_id, int8_exports, fp32_sizes):
         assert q["heldout"]["outputs"][0]["cosine"] >= 0.99, q["heldout"]
 
 
-def test_static_int8_needs_calibration(mid_cnn, tmp_path):
+def test_static_int8_needs_calibration(net, tmp_path):
     with pytest.raises(InvalidInputsError, match="int8-dynamic"):
-        sdk.export(mid_cnn, "intel-cpu", _images(1)[0], recipe="int8", output_dir=tmp_path)
+        sdk.export(net, "intel-cpu", _images(1)[0], recipe="int8", output_dir=tmp_path)
     assert not any(tmp_path.iterdir())
 
 
-def test_unsupported_int4_is_a_clear_error(mid_cnn, tmp_path):
+def test_unsupported_int4_is_a_clear_error(net, tmp_path):
     with pytest.raises(UnsupportedRecipeError) as info:
-        sdk.export(mid_cnn, "android-litert", _images(1)[0], recipe=sdk.Int4Weight(group_size=32), output_dir=tmp_path)
+        sdk.export(net, "android-litert", _images(1)[0], recipe=sdk.Int4Weight(group_size=32), output_dir=tmp_path)
     assert "int4" in str(info.value) and "int8" in str(info.value)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from converters.passes import PassContext, register_pass
 from converters.passes.metrics import count_params, layer_row, relative_error
-from converters.passes.scope import fused_parent, plan
+from converters.passes.scope import substitutable
 from sdk.recipes import DepthwiseSeparable
 
 __all__ = ["separate", "effective_weight"]
@@ -61,16 +61,7 @@ def effective_weight(pair: nn.Sequential) -> torch.Tensor:
 @register_pass(DepthwiseSeparable)
 def depthwise(model: nn.Module, config: DepthwiseSeparable, ctx: PassContext) -> tuple[nn.Module, dict[str, Any]]:
     rows, skipped = [], []
-    for name, layer_config in plan(model, config, ctx.example_inputs, nn.Conv2d).items():
-        conv = model.get_submodule(name)
-        if not _is_candidate(conv):
-            continue
-        if layer_config is None:
-            skipped.append({"name": name, "reason": "left alone by scope"})
-            continue
-        if parent := fused_parent(model, name):
-            skipped.append({"name": name, "reason": f"its {parent} parent reads the weight directly"})
-            continue
+    for name, conv, layer_config in substitutable(model, config, ctx.example_inputs, nn.Conv2d, _is_candidate, skipped):
         n_out, n_in, kh, kw = conv.weight.shape
         m = min(layer_config.multiplier, n_out, kh * kw)
         if n_in * m * (kh * kw + n_out) >= n_out * n_in * kh * kw:

@@ -16,12 +16,16 @@ from torch import nn
 
 from converters.passes import PassContext, register_pass
 from converters.passes.metrics import count_params, layer_row, relative_error
-from converters.passes.scope import fused_parent, plan
+from converters.passes.scope import substitutable
 from sdk.recipes import LowRank
 
 __all__ = ["rank_for", "factorize"]
 
 SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _is_candidate(layer: nn.Module) -> bool:
+    return not (isinstance(layer, nn.Conv2d) and layer.groups != 1)
 
 
 def _svd(layer: nn.Linear | nn.Conv2d) -> SVD:
@@ -71,16 +75,8 @@ def effective_weight(factors: nn.Sequential) -> torch.Tensor:
 @register_pass(LowRank)
 def lowrank(model: nn.Module, config: LowRank, ctx: PassContext) -> tuple[nn.Module, dict[str, Any]]:
     rows, skipped = [], []
-    for name, layer_config in plan(model, config, ctx.example_inputs, (nn.Linear, nn.Conv2d)).items():
-        layer = model.get_submodule(name)
-        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-            continue
-        if layer_config is None:
-            skipped.append({"name": name, "reason": "left alone by scope"})
-            continue
-        if parent := fused_parent(model, name):
-            skipped.append({"name": name, "reason": f"its {parent} parent reads the weight directly"})
-            continue
+    for name, layer, layer_config in substitutable(model, config, ctx.example_inputs, (nn.Linear, nn.Conv2d),
+                                                   _is_candidate, skipped):
         svd = _svd(layer)
         rank, (out_dim, in_dim) = rank_for(svd[1], layer_config), (svd[0].shape[0], svd[2].shape[1])
         if rank * (in_dim + out_dim) >= in_dim * out_dim:

@@ -16,7 +16,7 @@ weight a parent reads directly (e.g. `nn.MultiheadAttention.out_proj`) cannot be
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from converters.passes.metrics import op_by_op
 from sdk.errors import RecipeError, closest
 from sdk.recipes import Config
 
-__all__ = ["WEIGHT_LAYERS", "called_layers", "resolve", "plan", "fused_parent"]
+__all__ = ["WEIGHT_LAYERS", "called_layers", "resolve", "plan", "fused_parent", "substitutable"]
 
 #: Layer types that hold the weights passes act on, and whose order defines "first" and "last".
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -98,3 +98,20 @@ def fused_parent(model: nn.Module, name: str) -> str | None:
         if isinstance(ancestor, FUSED_PARENTS):
             return type(ancestor).__name__
     return None
+
+
+def substitutable(model: nn.Module, config: Config, example_inputs: Sequence[torch.Tensor],
+                  accept: type[nn.Module] | tuple[type[nn.Module], ...], candidate: Callable[[nn.Module], bool],
+                  skipped: list[dict[str, str]]) -> Iterator[tuple[str, nn.Module, Config]]:
+    """(name, layer, config) for each planned `candidate` layer a pass may replace with new modules. A candidate
+    that scope leaves alone, or whose weight a fused parent reads, is appended to `skipped` with the reason."""
+    for name, layer_config in plan(model, config, example_inputs, accept).items():
+        layer = model.get_submodule(name)
+        if not candidate(layer):
+            continue
+        if layer_config is None:
+            skipped.append({"name": name, "reason": "left alone by scope"})
+        elif parent := fused_parent(model, name):
+            skipped.append({"name": name, "reason": f"its {parent} parent reads the weight directly"})
+        else:
+            yield name, layer, layer_config

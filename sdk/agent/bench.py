@@ -30,7 +30,8 @@ from sdk.artifact import load_artifact
 from sdk.errors import AgentError
 from sdk.parity import compare
 
-__all__ = ["DEFAULT_TOLERANCE", "BenchmarkFailed", "latency_stats", "measure_energy", "run", "run_isolated"]
+__all__ = ["DEFAULT_TOLERANCE", "BenchmarkFailed", "latency_stats", "measure_energy", "run", "run_isolated",
+           "soak_check"]
 
 DEFAULT_TOLERANCE = {"min_cosine": 0.9999}
 #: the folder that holds the `sdk` and `backends` packages, put on the child's PYTHONPATH
@@ -139,6 +140,25 @@ def bad_input_check(session: Any, inputs: Sequence[np.ndarray]) -> dict[str, Any
             "error": "the runtime accepted an input of the wrong shape without an error"}
 
 
+def soak_check(session: Any, inputs: Sequence[np.ndarray], first: Sequence[np.ndarray],
+               reference: Sequence[np.ndarray], tolerance: Mapping[str, Any], names: Sequence[str],
+               rss_before_mb: float | None) -> dict[str, Any]:
+    """After the timed loop: resident memory against its level before the loop (growth over many runs is a
+    leak), and one more inference against the first one (drift) and against the reference (parity)."""
+    rss_after_mb = rss_mb()
+    last = session.run(inputs)
+    drift = []
+    for name, a, b in zip(names, first, last):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        same = a.shape == b.shape
+        drift.append({"name": name, "max_abs_change": float(np.max(np.abs(b - a), initial=0.0)) if same else None,
+                      "max_abs_first": float(np.max(np.abs(a), initial=0.0)),
+                      **({} if same else {"error": f"shape {list(b.shape)} after the loop, {list(a.shape)} before"})})
+    return {"rss_before_loop_mb": None if rss_before_mb is None else round(rss_before_mb, 2),
+            "rss_after_loop_mb": None if rss_after_mb is None else round(rss_after_mb, 2),
+            "drift": drift, "parity_after_loop": compare(last, reference, tolerance, names)}
+
+
 def run(bundle_dir: str | Path, *, warmup: int = 3, iterations: int = 20,
         tolerance: Mapping[str, Any] | None = None, idle_s: float = 1.0,
         probes: Sequence[power.Probe] | None = None, check_bad_input: bool = False,
@@ -177,7 +197,9 @@ def run(bundle_dir: str | Path, *, warmup: int = 3, iterations: int = 20,
     start = time.perf_counter()
     outputs = session.run(inputs)
     first_ms = (time.perf_counter() - start) * 1e3
-    parity = compare(outputs, reference, tolerance, [o["name"] for o in artifact.manifest["outputs"]])
+    first_outputs = [np.array(o, copy=True) for o in outputs]  # a runtime may reuse its output buffers
+    names = [o["name"] for o in artifact.manifest["outputs"]]
+    parity = compare(outputs, reference, tolerance, names)
     if check_bad_input:
         phase("bad-input")
         bad_input = bad_input_check(session, inputs)
@@ -194,12 +216,15 @@ def run(bundle_dir: str | Path, *, warmup: int = 3, iterations: int = 20,
             samples.append((time.perf_counter() - t) * 1e3)
         return iterations
 
+    rss_before_loop = rss_mb()
     phase("timed-loop")
     if probes:
         energy, energy_reason = measure_energy(probes, idle_s, timed_loop)
     else:
         timed_loop()
         energy, energy_reason = None, no_probe
+    phase("soak-check")
+    soak = soak_check(session, inputs, first_outputs, reference, tolerance, names, rss_before_loop)
     stats = latency_stats(samples)
     extra = {"bad_input": bad_input} if check_bad_input else {}
     return {
@@ -220,6 +245,7 @@ def run(bundle_dir: str | Path, *, warmup: int = 3, iterations: int = 20,
         "parity": parity,
         "energy": energy,
         "energy_reason": energy_reason,
+        "soak": soak,
         **extra,
     }
 

@@ -1,0 +1,77 @@
+"""What `edge-sdk test` runs: the built-in suite over bundles through an agent, one summary table per bundle.
+
+pytest runs in this process with the suite's own settings only (`-c os.devnull`), so the configuration of
+whatever project it is started from (addopts, plugins' options, python_files) cannot change the gate.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from device_tests.config import BUDGETS
+from device_tests.plugin import ResultsCollector
+
+__all__ = ["SUITE", "pytest_args", "run"]
+
+SUITE = Path(__file__).resolve().parent
+MODULES = ("test_device.py", "test_soak.py", "test_bad_input.py")
+_STYLE = {"passed": "[green]pass[/green]", "failed": "[red]FAIL[/red]", "skipped": "[yellow]skip[/yellow]"}
+
+
+def pytest_args(bundles: Sequence[str | Path], *, agent: str = "local", token: str | None = None,
+                device: str | None = None, junitxml: str | Path | None = None, warmup: int | None = None,
+                iterations: int | None = None, soak_iterations: int | None = None,
+                budgets: Mapping[str, float | None] | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """The pytest command line for the built-in suite (what `pytest` itself would be given)."""
+    # --assert=plain: the suite judges with its own messages, and the plugin is imported already (by this module)
+    args = ["-p", "device_tests.plugin", "-c", os.devnull, "--rootdir", str(SUITE), "-p", "no:cacheprovider",
+            "--assert=plain", "-q", *(str(SUITE / m) for m in MODULES), "--agent", agent]
+    for path in bundles:
+        args += ["--bundle", str(path)]
+    options = {"--agent-token": token, "--device": device, "--junitxml": junitxml, "--warmup": warmup,
+               "--iterations": iterations, "--soak-iterations": soak_iterations}
+    options |= {BUDGETS[key][1]: value for key, value in (budgets or {}).items()}
+    for option, value in options.items():
+        if value is not None:
+            args += [option, str(value)]
+    return [*args, *extra]
+
+
+def summary_tables(rows: Sequence[Mapping[str, str]], agent: str) -> list[Table]:
+    """One table per bundle: each check's outcome, what was measured, the budget, and why it failed or skipped."""
+    tables: dict[str, Table] = {}
+    for row in rows:
+        key = f"{row['bundle']} ({row['device']})"
+        if key not in tables:
+            tables[key] = Table(title=escape(f"{key} on {agent}"), title_justify="left")
+            for column in ("check", "result", "measured", "budget", "why"):
+                tables[key].add_column(column, overflow="fold")
+        why = row["message"] if row["outcome"] != "passed" else ""
+        if row["outcome"] == "skipped" and len(why) > 200:  # the full reason is in pytest's output and the XML
+            why = why[:200] + "..."
+        tables[key].add_row(escape(row["check"]), _STYLE.get(row["outcome"], escape(row["outcome"])),
+                            escape(row["measured"]), escape(row["budget"]), escape(why.removeprefix(f"{key}: ")))
+    return list(tables.values())
+
+
+def run(bundles: Sequence[str | Path], *, agent: str = "local", token: str | None = None, device: str | None = None,
+        junitxml: str | Path | None = None, warmup: int | None = None, iterations: int | None = None,
+        soak_iterations: int | None = None, budgets: Mapping[str, float | None] | None = None,
+        extra: Sequence[str] = (), console: Console | None = None) -> int:
+    """Run the suite and print the tables; returns pytest's exit code (0: every check passed or was skipped)."""
+    collector = ResultsCollector()
+    code = pytest.main(pytest_args(bundles, agent=agent, token=token, device=device, junitxml=junitxml,
+                                   warmup=warmup, iterations=iterations, soak_iterations=soak_iterations,
+                                   budgets=budgets, extra=extra), plugins=[collector])
+    console = console or Console()
+    for table in summary_tables(collector.rows, agent):
+        console.print(table)
+    for error in collector.errors:
+        console.print(f"[red]error[/red] {error}", highlight=False)
+    return int(code)
