@@ -67,9 +67,17 @@ class MobileNetV2(nn.Module):
 
 
 def build(num_classes: int = 1000, width_mult: float = 1.0) -> MobileNetV2:
-    """A seeded MobileNetV2 in eval mode."""
+    """A seeded MobileNetV2 in eval mode, random weights, with BatchNorm statistics set by a few forward passes.
+
+    Straight from init, every BatchNorm holds mean 0 / variance 1 and the logits come out near 1e-9, a
+    degenerate network no quantizer or parity check says anything useful about.
+    """
     torch.manual_seed(0)
-    return MobileNetV2(num_classes, width_mult).eval()
+    model = MobileNetV2(num_classes, width_mult).train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(8, 3, 96, 96))
+    return model.eval()
 
 
 def example_inputs(resolution: int = 224) -> tuple[torch.Tensor]:

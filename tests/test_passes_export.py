@@ -80,7 +80,7 @@ def test_compressed_model_exports_with_parity(compressed, name, device_id, tmp_p
 
 def test_passes_and_quantization_in_one_recipe(tmp_path):
     model, calib = _models()["mobilenet_v2"]
-    res = sdk.export(model, "android-litert", calib[0], recipe=["lowrank:0.5", "distill:5", "int8"],
+    res = sdk.export(model, "intel-cpu", calib[0], recipe=["lowrank:0.5", "distill:5", "int8"],
                      calibration=calib, output_dir=tmp_path)
     rep = res.report
     assert [p["pass"] for p in rep["passes"]["passes"]] == ["lowrank:0.5", "distill:5"]
@@ -99,12 +99,12 @@ def test_cli_takes_recipe_and_calibration(tmp_path):
     calib_file = tmp_path / "calib64.py"
     calib_file.write_text("from samples.calib import loader as _l\ndef loader():\n    return _l(n=10, size=64)\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
-    proc = subprocess.run([sys.executable, "-m", "sdk.cli", "export", f"{model_file}:build", "--device", "android-litert",
+    proc = subprocess.run([sys.executable, "-m", "sdk.cli", "export", f"{model_file}:build", "--device", "intel-cpu",
                            "--shape", "1x3x64x64", "--recipe", "lowrank:0.5,distill:3,int8", "--min-cosine", "0.98",
                            "--calibration", f"{calib_file}:loader", "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    manifest = json.loads((tmp_path / "out" / "android-litert" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / "intel-cpu" / "manifest.json").read_text())
     assert manifest["recipe"] == ["lowrank:0.5", "distill:3", "int8"]
 
 
