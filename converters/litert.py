@@ -35,6 +35,7 @@ import torch.utils._pytree as pytree
 from backends.litert import delegation, open_interpreter
 from converters import register
 from converters.base import ConversionJob, ConversionResult, Converter, first_match
+from converters.quant import ranges
 from sdk.errors import ConversionError, UnsupportedRecipeError
 from sdk.recipes import Int8Static
 
@@ -89,7 +90,8 @@ def _op_table(interpreter: Any) -> list[dict[str, Any]]:
     graph_inputs = {d["index"] for d in interpreter.get_input_details()}
     table = []
     for op in ops:
-        row = {"op": op["op_name"], "outputs": [tensors[int(t)]["name"] for t in op["outputs"]], "weight": None}
+        row = {"op": op["op_name"], "outputs": [tensors[int(t)]["name"] for t in op["outputs"]],
+               "inputs": [tensors[int(t)]["name"] for t in op["inputs"] if int(t) >= 0], "weight": None}
         slot = _WEIGHT_OPERAND.get(op["op_name"])
         if slot is not None and len(op["inputs"]) > slot:
             tensor = int(op["inputs"][slot])
@@ -167,32 +169,57 @@ def _quantize(job: ConversionJob, path: Path) -> dict[str, Any]:
     interpreter, _ = open_interpreter(path, num_threads=1)
     table = _op_table(interpreter)
     keep = _kept_scopes(job, table)
+    transformer = static and any(row["op"] == "SOFTMAX" for row in table)
     recipe = recipe_manager.RecipeManager()
     if static:
         granularity = qtyping.QuantGranularity.CHANNELWISE if config.per_channel else qtyping.QuantGranularity.TENSORWISE
-        recipe.add_static_config(".*", every_op, activation_num_bits=8, weight_num_bits=8,
-                                 weight_granularity=granularity)
+        for op in [qtyping.TFLOperationName[name] for name in _WEIGHT_OPS] if transformer else [every_op]:
+            recipe.add_static_config(".*", op, activation_num_bits=8, weight_num_bits=8, weight_granularity=granularity)
     else:
         recipe.add_dynamic_config(".*", every_op, num_bits=8)
     for scope in keep:  # added last: ai-edge-quantizer applies the last matching scope
         recipe.add_quantization_config(scope, every_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    wide: list[str] = []
     with _toolchain_errors(job, f"the float model converted but ai-edge-quantizer failed on it; try "
                                 f"{'int8-dynamic' if static else 'fp16'}"), _quiet_progress():
         float_model = path.read_bytes()
-        ranges = _calibrate(job, float_model, recipe, interpreter) if static else None
+        qsvs = _calibrate(job, float_model, recipe, interpreter) if static else None
+        if qsvs:
+            wide = _wide_ops(table, qsvs)
+            for name in wide:
+                recipe.add_quantization_config(f"(^|;){re.escape(name)};", every_op,
+                                               algorithm_key=AlgorithmName.NO_QUANTIZE)
         aeq = quantizer.Quantizer(float_model, recipe.get_quantization_recipe())
-        path.write_bytes(aeq.quantize(ranges, enable_progress_report=False).quantized_model)
+        path.write_bytes(aeq.quantize(qsvs, enable_progress_report=False).quantized_model)
     samples = len(job.calibration or [job.example_inputs])
     weights = "per-channel" if not static or config.per_channel else "per-tensor"
     scheme = (f"weights int8 {weights} symmetric; activations int8 per-tensor affine, min/max over {samples} "
-              "calibration samples; model inputs and outputs are int8 (the LiteRT backend quantizes inputs and "
-              "dequantizes outputs with each tensor's own scale and zero point)" if static else
+              "calibration samples; quantized model inputs and outputs are int8 (the LiteRT backend quantizes "
+              "inputs and dequantizes outputs with each tensor's own scale and zero point)" if static else
               f"weights int8 {weights} symmetric; activations float32 between ops, quantized per inference "
               "inside LiteRT's dynamic-range (hybrid) kernels; float32 model inputs and outputs")
+    if transformer:
+        scheme += ("; a transformer (SOFTMAX in the graph): only its " + ", ".join(_WEIGHT_OPS) + " ops are "
+                   "quantized, as NNCF's TRANSFORMER model type does; adds, products, norms and softmax stay float")
+    if wide:
+        scheme += "; " + ranges.note(wide)
     return {"toolchain": f"ai-edge-quantizer {_version('ai-edge-quantizer')} "
                          f"({'static_wi8_ai8' if static else 'dynamic_wi8_afp32'}) on litert-torch's float .tflite",
             "scheme": scheme,
             "activations": "int8, calibrated" if static else "int8, quantized per inference (dynamic range)"}
+
+
+#: what a transformer's static INT8 quantizes (see converters.executorch._WEIGHT_OPS for the measurement)
+_WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+
+
+def _wide_ops(table: list[dict[str, Any]], qsvs: dict[str, Any]) -> list[str]:
+    """Output names of the ops with an input or output beyond `ranges.EXTREME_ABS` in the calibrated ranges."""
+    def peak(tensor: str) -> float:
+        qsv = qsvs.get(tensor) or {}
+        return max((float(np.max(np.abs(qsv[k]))) for k in ("min", "max") if k in qsv), default=0.0)
+    return [row["outputs"][0] for row in table
+            if row["outputs"] and any(ranges.extreme(peak(t)) for t in row["outputs"] + row["inputs"])]
 
 
 def _kept_scopes(job: ConversionJob, table: list[dict[str, Any]]) -> list[str]:

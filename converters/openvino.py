@@ -157,8 +157,10 @@ def _static_int8(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob, d
     target = nncf.TargetDevice(device) if device in nncf.TargetDevice.__members__ else nncf.TargetDevice.ANY
     advanced = AdvancedQuantizationParameters(
         weights_quantization_params=QuantizationParameters(per_channel=config.per_channel))
+    transformer = _is_transformer(model)
     quantized = nncf.quantize(model, nncf.Dataset(samples, _feed), preset=preset, target_device=target,
-                              subset_size=len(samples), ignored_scope=ignored, advanced_parameters=advanced)
+                              subset_size=len(samples), ignored_scope=ignored, advanced_parameters=advanced,
+                              model_type=nncf.ModelType.TRANSFORMER if transformer else None)
     notes = [f"OpenVINO {device} runs the FakeQuantize-annotated IR with its int8 kernels"
              + (" (VNNI/AMX where the CPU has them)" if device == "CPU" else "")
              + "; no speed-up is assumed: measure it on the target"]
@@ -167,11 +169,18 @@ def _static_int8(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob, d
                      "symmetric int8; the recipe's asymmetric activations are not used there")
     return quantized, _Plan(
         toolchain=f"NNCF {nncf.__version__} nncf.quantize on the ov.Model (preset={preset.value}, "
-                  f"target_device={target.value})",
+                  f"target_device={target.value}{', model_type=TRANSFORMER' if transformer else ''})",
         scheme=(f"weights int8 {'per-channel' if config.per_channel else 'per-tensor'} symmetric; activations int8 "
                 f"per-tensor {'symmetric' if symmetric else 'asymmetric'} (FakeQuantize ops), ranges calibrated on "
                 f"{len(samples)} samples with fast bias correction; biases and norms stay float"),
         activations="int8", backup=None, notes=notes)
+
+
+def _is_transformer(model: ov.Model) -> bool:
+    """Attention (a Softmax) in the graph: NNCF's TRANSFORMER model type then keeps the attention-mask add, the
+    softmax and the embedding gathers out of activation quantization, as NNCF advises for transformers (its
+    default setup fails outright on Hugging Face BERT embeddings)."""
+    return any(op.get_type_name() == "Softmax" for op in model.get_ops())
 
 
 def _int8_weights(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob,

@@ -9,16 +9,32 @@ import numpy as np
 import torch
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field", "immunohistochemistry", "retina")
+#: every photograph in the scikit-image wheel that is not a texture or a test pattern: the colour ones above, a
+#: motorcycle, and grey-level scenes (repeated to three channels)
+ALL_PHOTOS = (*PHOTOS, "stereo_motorcycle", "camera", "clock", "coins", "moon", "page")
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+#: the TensorFlow EfficientNet-Lite preprocessing, (x * 255 - 127) / 128, as mean and std on [0, 1]
+LITE_MEAN = np.full(3, 127 / 255, dtype=np.float32)
+LITE_STD = np.full(3, 128 / 255, dtype=np.float32)
 
 
-def sample_images(n: int, size: int = 224, seed: int = 0) -> list[torch.Tensor]:
-    """`n` tensors of shape (1, 3, size, size): random crops (35-100% of the short side) and flips of the photos."""
+def _photo(name: str) -> np.ndarray:
     import skimage.data
+
+    img = getattr(skimage.data, name)()
+    img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle: (left, right, disparity)
+    return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
+
+
+def sample_images(n: int, size: int = 224, seed: int = 0, photos: tuple[str, ...] = PHOTOS,
+                  mean: np.ndarray = MEAN, std: np.ndarray = STD) -> list[torch.Tensor]:
+    """`n` tensors of shape (1, 3, size, size): random crops (35-100% of the short side) and flips of the photos,
+    normalised with `mean` and `std` (ImageNet's by default; a model trained with another preprocessing wants its
+    own)."""
     from skimage.transform import resize
 
-    photos = [getattr(skimage.data, name)()[..., :3] for name in PHOTOS]
+    photos = [_photo(name) for name in photos]
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
@@ -30,6 +46,6 @@ def sample_images(n: int, size: int = 224, seed: int = 0) -> list[torch.Tensor]:
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         x = resize(crop, (size, size), anti_aliasing=True).astype(np.float32)  # floats in [0, 1]
-        x = (x - MEAN) / STD
+        x = (x - mean) / std
         out.append(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None])
     return out

@@ -7,7 +7,9 @@ consistent and params and MACs really drop. Layers scoped None keep their output
 input channels follow the layer that feeds them), and so do the layers that produce model outputs.
 Attention: DepGraph couples q/k/v widths through the score matmul as if it were element-wise, which
 is not sound, so groups that pass through a batched matmul or SDPA are left whole (counted in the
-report); `nn.MultiheadAttention` is pruned per head (its `num_heads` is given to the pruner).
+report); `nn.MultiheadAttention` is pruned per head (its `num_heads` is given to the pruner). Groups that
+reach a model output without a weight layer in between (a transformer's residual width feeding a pooled,
+normalised embedding) are left whole too: pruning them would change the output's shape.
 
 Unstructured: `torch.nn.utils.prune.global_unstructured` with L1 magnitude over all scoped weights
 (l1 and l2 rank single weights alike), then `prune.remove`: weights are zeroed, shapes stay, and the
@@ -37,10 +39,14 @@ _ATTENTION_OPS = ("Bmm", "ScaledDotProduct", "Efficient", "Flash")
 def output_layers(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> list[str]:
     """Weight layers whose output (or a view of it) is a model output: their output channels must stay."""
     produced: dict[int, str] = {}
-    handles = [module.register_forward_hook(
-        lambda _m, _a, out, name=name: produced.__setitem__(out.untyped_storage().data_ptr(), name)
-        if isinstance(out, torch.Tensor) else None)
-        for name, module in model.named_modules() if isinstance(module, WEIGHT_LAYERS)]
+    alive: list[torch.Tensor] = []  # held so that no freed output's memory is reused by a later tensor
+
+    def record(name: str, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            alive.append(out)
+            produced[out.untyped_storage().data_ptr()] = name
+    handles = [module.register_forward_hook(lambda _m, _a, out, name=name: record(name, out))
+               for name, module in model.named_modules() if isinstance(module, WEIGHT_LAYERS)]
     try:
         with eval_mode(model):
             outputs = flatten_outputs(model(*example_inputs))
@@ -69,7 +75,7 @@ def _structured(model: nn.Module, config: Prune, layers: dict[str, Prune | None]
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     before = {name: (count_params(module), _weight(module).detach().clone()) for name, module in model.named_modules()
               if isinstance(module, (*WEIGHT_LAYERS, nn.MultiheadAttention)) and _weight(module) is not None}
-    attention_groups = 0
+    attention_groups = output_groups = 0
     with eval_mode(model):  # tracing runs a forward: BatchNorm statistics must not move
         pruner = tp.pruner.MetaPruner(
             model, list(inputs), importance=tp.importance.MagnitudeImportance(p=2 if config.importance == "l2" else 1),
@@ -78,6 +84,9 @@ def _structured(model: nn.Module, config: Prune, layers: dict[str, Prune | None]
         for group in pruner.step(interactive=True):
             if _through_attention(group):
                 attention_groups += 1
+                continue
+            if _reaches_output(group):
+                output_groups += 1
                 continue
             group.prune()
     after = [tuple(o.shape) for o in flatten_outputs(_run(model, inputs))]
@@ -93,7 +102,7 @@ def _structured(model: nn.Module, config: Prune, layers: dict[str, Prune | None]
             rows.append(layer_row(name, layer, params, layer, max(0.0, 1.0 - kept ** 2) ** 0.5,
                                   weight_shape_before=list(weight.shape), weight_shape_after=list(pruned.shape)))
     return model, {"layers": rows, "kept_whole": keep_names,
-                   "attention_groups_left_whole": attention_groups}
+                   "attention_groups_left_whole": attention_groups, "output_groups_left_whole": output_groups}
 
 
 def _unstructured(model: nn.Module, config: Prune, layers: dict[str, Prune | None],
@@ -124,6 +133,13 @@ def _weight(module: nn.Module) -> torch.Tensor | None:
 def _run(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
     with eval_mode(model):
         return model(*inputs)
+
+
+def _reaches_output(group: Any) -> bool:
+    """True when a DepGraph group's channels are a model output's channels."""
+    from torch_pruning.ops import _OutputOp
+
+    return any(isinstance(node.module, _OutputOp) for dep, _ in group for node in (dep.source, dep.target))
 
 
 def _through_attention(group: Any) -> bool:

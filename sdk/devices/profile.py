@@ -25,7 +25,7 @@ TRANSPORTS = ("native", "adb")
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """A deployment target. Figures come with `sources`; see docs/devices.md."""
+    """A deployment target. Figures come with `sources`; see docs/devices/."""
 
     id: str
     name: str
