@@ -28,5 +28,8 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)  ## heavy measurements on real pretrained models (not part of make test)
 	$(BIN)/python benchmarks/run_all.py
 
+docs: $(STAMP)  ## build the documentation site into site/ (MkDocs Material); fails on any broken link
+	$(BIN)/mkdocs build --strict
+
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache

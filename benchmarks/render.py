@@ -144,21 +144,24 @@ def _headlines(rows: list[dict], models: list[str]) -> list[str]:
            f"{HEADLINE_BAR['top1']:.0%}, embedding cosine ≥ {HEADLINE_BAR['cosine']}); where none does, the SDK fp32 "
            "row, marked. Speedup is against torch eager fp32 on this host, measured in the same run (the faster of "
            "torch's default threads and one thread).", "",
-           "| model | target | recipe | p50 ms | speedup vs torch eager | agreement | size MB | size vs fp32 |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| model | target | recipe | p50 ms | speedup vs torch eager | agreement | size MB | size vs fp32 "
+           "| fastest SDK row (speedup, agreement) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for model in models:
         mine = [r for r in rows if r["model"] == model]
         for target in dict.fromkeys(r["target"] for r in mine if r["target"]):
             here = [r for r in mine if r["target"] == target]
             best, cleared = headline(here, mine[0]["metric"])
             if best is None:
-                out.append(f"| {mine[0]['model_title']} | `{target}` | no SDK row ran | — | — | — | — | — |")
+                out.append(f"| {mine[0]['model_title']} | `{target}` | no SDK row ran | — | — | — | — | — | — |")
                 continue
+            fastest = min((r for r in _ok(here) if r["kind"] == "sdk"), key=lambda r: r["latency_ms"]["p50"])
             fp32 = next((r for r in _ok(here) if r["kind"] == "sdk" and r["row"] == "fp32"), None)
             ratio = f"{best['size_bytes'] / fp32['size_bytes']:.2f}×" if fp32 else "—"
             label = best["row"] if cleared else f"{best['row']} (no recipe clears the bar)"
             out.append(f"| {best['model_title']} | `{target}` | {label} | {_ms(best['latency_ms']['p50'])} | "
-                       f"{best['speedup']:.2f}× | {_agree(best)} | {_mb(best['size_bytes'])} | {ratio} |")
+                       f"{best['speedup']:.2f}× | {_agree(best)} | {_mb(best['size_bytes'])} | {ratio} | "
+                       f"{fastest['row']} ({fastest['speedup']:.2f}×, {_agree(fastest)}) |")
     return out + [""]
 
 
@@ -239,7 +242,7 @@ def _method(results: dict, rows: list[dict]) -> list[str]:
         "threads spin and wait on each other, which can make its default many times slower than one thread and "
         "would inflate every speedup.",
         "- ¹ **device bound**: the roofline latency floor on the target device, max(2 × MACs / peak ops, "
-        "artifact bytes / memory bandwidth), from the profile's peak figures ([device profiles](devices.md)), with the peak of "
+        "artifact bytes / memory bandwidth), from the profile's peak figures ([device profiles](devices/index.md)), with the peak of "
         "the row's precision. *p50 / bound* divides this host's p50 by it: host numbers against a device bound.",
         f"- ² **energy**: not measured: {energy or 'no row ran through the agent'}",
         "- A row that says *unsupported* names what is missing (the profile or the converter); *failed* quotes the "
