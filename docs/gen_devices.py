@@ -93,7 +93,7 @@ def page(p: devices.DeviceProfile) -> str:
              f"- budgets: {', '.join(f'{k}={v:g}' for k, v in p.budgets.items()) or 'none'}",
              *([f"- notes: {p.notes}"] if p.notes else []),
              "", "## Sources", "", *(f"- <{s}>" for s in p.sources), "",
-             "## Export to it", "", "```", f"edge-sdk export samples/mobilenet_v2.py:build --device {p.id} --out out/",
+             "## Export to it", "", "```console", f"edge-sdk export samples/mobilenet_v2.py:build --device {p.id} --out out/",
              "```"]
     return "\n".join(lines) + "\n"
 
