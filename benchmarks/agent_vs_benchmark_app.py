@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import torch
-from torch import nn
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-import sdk
-from sdk.agent import Client, LocalAgent
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import sdk  # noqa: E402
+from benchmarks.harness_check import benchmark_app  # noqa: E402
+from sdk.agent import Client, LocalAgent  # noqa: E402
 
 
 class ConvNet(nn.Module):
@@ -43,20 +45,6 @@ class ConvNet(nn.Module):
         return self.head(self.body(x).mean(dim=(2, 3)))
 
 
-def benchmark_app_command() -> list[str]:
-    exe = Path(sys.executable).with_name("benchmark_app")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "openvino.tools.benchmark.main"]
-
-
-def run_benchmark_app(model_xml: Path, iterations: int) -> float:
-    """Median latency (ms) reported by benchmark_app."""
-    argv = benchmark_app_command() + ["-m", str(model_xml), "-d", "CPU", "-hint", "latency", "-api", "sync",
-                                      "-nireq", "1", "-infer_precision", "f32", "-niter", str(iterations)]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    match = re.search(r"Median:\s+([0-9.]+) ms", out)
-    if not match:
-        raise RuntimeError(f"no median latency in benchmark_app output:\n{out[-2000:]}")
-    return float(match.group(1))
 
 
 def main() -> None:
@@ -79,7 +67,7 @@ def main() -> None:
         for _ in range(args.rounds):
             r = agent.benchmark(bundle, warmup=20, iterations=args.iterations, idle_s=0, energy=False)
             agent_ms.append(r.latency_ms.p50)
-            app_ms.append(run_benchmark_app(model_xml, args.iterations))
+            app_ms.append(benchmark_app(model_xml, args.iterations))
         ran_on = r.ran_on
     finally:
         shutil.rmtree(out, ignore_errors=True)

@@ -121,11 +121,19 @@ def _load(path: Path) -> dict[str, Any]:
     return torch.load(path, weights_only=False)
 
 
-def init_worker() -> None:
-    """One torch thread per worker: two workers share the two cores."""
+def init_worker(log: str | None = None) -> None:
+    """One torch thread per worker (two workers share the two cores); the toolchains' own output (NNCF progress
+    bars, cpuinfo warnings, exporter chatter) goes to `log` rather than between the benchmark's lines."""
+    import os
+
     import torch
 
     torch.set_num_threads(1)
+    if log:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
 
 
 def run_task(task: Task, cache_root: Path, deadline: float) -> dict[str, Any]:

@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.agent_vs_benchmark_app import benchmark_app_command
 from sdk.agent import LocalAgent
 from sdk.artifact import load_artifact
 
@@ -35,6 +34,11 @@ NO_TOOL = {"executorch": "no benchmark tool ships in the executorch wheel (execu
 def _tool(name: str) -> list[str]:
     exe = Path(sys.executable).with_name(name)
     return [str(exe)] if exe.exists() else [name]
+
+
+def benchmark_app_command() -> list[str]:
+    exe = Path(sys.executable).with_name("benchmark_app")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "openvino.tools.benchmark.main"]
 
 
 def benchmark_app(model_xml: Path, iterations: int) -> float:

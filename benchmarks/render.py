@@ -116,7 +116,9 @@ def markdown(results: dict[str, Any], models: list[str]) -> str:
         "",
     ]
     out += _headlines(rows, models)
+    out += _reading(rows)
     out += _harness(results["harness"])
+    out += _students(results.get("students") or [])
     for model in models:
         out += _model_section(results, [r for r in rows if r["model"] == model], model)
     out += _method(results, rows)
@@ -162,6 +164,44 @@ def _headlines(rows: list[dict], models: list[str]) -> list[str]:
             out.append(f"| {best['model_title']} | `{target}` | {label} | {_ms(best['latency_ms']['p50'])} | "
                        f"{best['speedup']:.2f}× | {_agree(best)} | {_mb(best['size_bytes'])} | {ratio} | "
                        f"{fastest['row']} ({fastest['speedup']:.2f}×, {_agree(fastest)}) |")
+    return out + [""]
+
+
+def _reading(rows: list[dict]) -> list[str]:
+    """What the table cannot say by itself, stated from this run's numbers."""
+    out = ["### Reading the agreement column", "",
+           "Top-1 agreement counts arg-max flips; on crops where the fp32 model's two best classes are close (many of "
+           "these photographs are not ImageNet classes) a small perturbation flips them, so the logits' cosine is given "
+           "beside it."]
+    for r in _ok(rows):
+        a = r.get("agreement") or {}
+        if r["kind"] == "default" and a.get("metric") == "top1" and a["value"] < 1.0:
+            out.append(f"For scale: {r['model_title']}'s `{r['target']}` runtime default, which quantizes nothing "
+                       f"({r['ran_on']}), agrees on {a['value']:.1%} (cosine {a['cosine']:.4f}).")
+    return out + [""]
+
+
+def _students(students: list[dict]) -> list[str]:
+    if not students:
+        return []
+    out = ["## The compressed students", "",
+           "Each `lowrank` / `prune` row exports a student made once per model by `sdk.compress` (the pass, then "
+           "distillation from the fp32 model on unlabelled training inputs). Held-out parity is the student's agreement "
+           "with the fp32 model on inputs distillation did not train on, before and after distillation, in float.", "",
+           "| model | passes | params M (before → after) | MACs M | distill steps (train / held-out inputs) | loss first → last "
+           "| held-out cosine before → after | held-out top-1 before → after |", "|---|---|---|---|---|---|---|---|"]
+    for st in students:
+        d = st["distill"]
+        before, after = d.get("before") or {}, d.get("after") or {}
+
+        def pair(key: str, fmt: str) -> str:
+            x, y = before.get(key), after.get(key)
+            return "—" if x is None or y is None else f"{x:{fmt}} → {y:{fmt}}"
+        macs = st["macs"]
+        out.append(f"| {st['model_title']} | {st['passes']} | {st['params'][0] / 1e6:.2f} → {st['params'][1] / 1e6:.2f} | "
+                   f"{'—' if None in macs else f'{macs[0] / 1e6:.0f} → {macs[1] / 1e6:.0f}'} | {d['steps']} "
+                   f"({d['train_samples']} / {d['heldout_samples']}) | {d['loss_first']:.4f} → {d['loss_last']:.4f} "
+                   f"({d['loss']}) | {pair('cosine', '.4f')} | {pair('top1', '.1%')} |")
     return out + [""]
 
 

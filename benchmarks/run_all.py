@@ -118,6 +118,7 @@ class Bench:
         self.references: dict[str, list] = {}
         self.inputs_files: dict[tuple[str, tuple[str, ...]], Path] = {}
         self.students: dict[tuple[str, tuple[str, ...]], str] = {}  # why a student is missing
+        self.student_reports: list[dict[str, Any]] = []  # what sdk.compress reported for each student made
         self.made: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.rows: list[dict[str, Any]] = []
 
@@ -125,7 +126,11 @@ class Bench:
     def make(self) -> None:
         deadline = self.clock.wall_start + self.args.budget_min * 60 * EXPORT_SHARE
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=self.args.workers, mp_context=context, initializer=init_worker) as pool:
+        log = self.cache.root / "export.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.clock.log(f"toolchain output of the export workers: {log}")
+        with ProcessPoolExecutor(max_workers=self.args.workers, mp_context=context, initializer=init_worker,
+                                 initargs=(str(log),)) as pool:
             pending = []
 
             def submit(tasks: list[Task]) -> None:
@@ -200,6 +205,8 @@ class Bench:
             return False
         self.clock.log(f"{w.name}: {label} {'(cached)' if cached else f'in {time.perf_counter() - start:.0f} s'}")
         student = torch.load(folder / "student.pt", weights_only=False).eval()
+        self.student_reports.append({"model": w.name, "model_title": w.title, "passes": label,
+                                     **_student_summary(json.loads((folder / "passes.json").read_text()))})
         self.inputs_files[(w.name, passes)] = self._save_inputs(w, student, passes)
         return True
 
@@ -326,6 +333,22 @@ class Bench:
         return checks
 
 
+def _student_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """From sdk.compress's report: size before and after, and the distillation's held-out parity before and after."""
+    passes = report["passes"]
+    distill = next((p for p in passes if p["pass"].startswith("distill")), {})
+
+    def parity(key: str) -> dict[str, Any] | None:
+        outputs = (distill.get(key) or {}).get("outputs") or []
+        return {"cosine": outputs[0].get("cosine"), "top1": outputs[0].get("top1_agreement")} if outputs else None
+    return {"params": [passes[0]["params_before"], passes[-1]["params_after"]],
+            "macs": [passes[0].get("macs_before"), passes[-1].get("macs_after")],
+            "distill": {"steps": distill.get("steps"), "train_samples": distill.get("train_samples"),
+                        "heldout_samples": distill.get("heldout_samples"), "loss": distill.get("loss"),
+                        "loss_first": distill.get("loss_first"), "loss_last": distill.get("loss_last"),
+                        "before": parity("parity_before"), "after": parity("parity_after")}}
+
+
 def _made(made: dict[str, Any]) -> dict[str, Any]:
     return {"export_s": made.get("export_s"), "cached": made.get("cached")}
 
@@ -397,7 +420,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                "load_average_end": machine.describe()["load_average"], "make_s": made_s,
                "total_s": bench.clock.elapsed(), "budget_s": bench.clock.budget_s, "distill_steps": args.distill_steps,
                "targets": {t: HOST_RUN[sdk.devices.get(t).format] for t in args.targets},
-               "rows": bench.rows, "harness": checks, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+               "rows": bench.rows, "harness": checks, "students": bench.student_reports, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=1, default=str))
     render.write(results, args.docs)

@@ -102,6 +102,24 @@ def table(trained):
 
 # --- the digits CNN: accuracy, distillation, and what each pass removes ---
 
+def test_docs_table_is_this_measurement(table):
+    """docs/passes.md quotes digits_table(): counts exactly, accuracies within one test image or two (BLAS
+    summation order may differ between machines)."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "passes.md").read_text()
+    quoted = {cells[0]: cells[1:] for cells in (
+        [c.strip() for c in line.strip("|").split("|")] for line in page.splitlines()
+        if line.startswith("| ") and line.count("|") == 7 and re.search(r"\d%", line))}
+    assert set(quoted) == set(table), "docs/passes.md: rerun python -m pytest tests/test_passes.py -s -k docs_table"
+    for name, row in table.items():
+        params, nonzero, macs, accuracy, distilled = quoted[name]
+        assert [params, nonzero, macs] == [f"{row['params']:,}", f"{row['nonzero_params']:,}", f"{row['macs']:,}"], name
+        assert float(accuracy.rstrip("%")) == pytest.approx(100 * row["accuracy"], abs=0.6), name
+        assert float(distilled.rstrip("%")) == pytest.approx(100 * row["accuracy_distilled"], abs=0.6), name
+
+
 def test_baseline_is_a_real_classifier(table):
     assert table["none"]["accuracy"] > 0.95
     assert table["none"]["macs"] == 599_680  # 9216 + 294912 + 294912 + 640, counted by FlopCounterMode
