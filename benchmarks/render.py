@@ -188,7 +188,7 @@ def _students(students: list[dict]) -> list[str]:
            "Each `lowrank` / `prune` row exports a student made once per model by `sdk.compress` (the pass, then "
            "distillation from the fp32 model on unlabelled training inputs). Held-out parity is the student's agreement "
            "with the fp32 model on inputs distillation did not train on, before and after distillation, in float.", "",
-           "| model | passes | params M (before → after) | MACs M | distill steps (train / held-out inputs) | loss first → last "
+           "| model | passes | params M (before → after) | MACs M | distill steps, lr (train / held-out inputs) | loss first → last "
            "| held-out cosine before → after | held-out top-1 before → after |", "|---|---|---|---|---|---|---|---|"]
     for st in students:
         d = st["distill"]
@@ -199,7 +199,7 @@ def _students(students: list[dict]) -> list[str]:
             return "—" if x is None or y is None else f"{x:{fmt}} → {y:{fmt}}"
         macs = st["macs"]
         out.append(f"| {st['model_title']} | {st['passes']} | {st['params'][0] / 1e6:.2f} → {st['params'][1] / 1e6:.2f} | "
-                   f"{'—' if None in macs else f'{macs[0] / 1e6:.0f} → {macs[1] / 1e6:.0f}'} | {d['steps']} "
+                   f"{'—' if None in macs else f'{macs[0] / 1e6:.0f} → {macs[1] / 1e6:.0f}'} | {d['steps']}, {d.get('lr') or '—'} "
                    f"({d['train_samples']} / {d['heldout_samples']}) | {d['loss_first']:.4f} → {d['loss_last']:.4f} "
                    f"({d['loss']}) | {pair('cosine', '.4f')} | {pair('top1', '.1%')} |")
     return out + [""]

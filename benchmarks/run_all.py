@@ -35,6 +35,7 @@ from benchmarks.exports import Cache, Task, error_text, init_worker, run_task, s
 from benchmarks.models import BUILDERS, Workload  # noqa: E402
 from converters.passes.metrics import count_macs, count_params  # noqa: E402
 from sdk.agent import LocalAgent  # noqa: E402
+from sdk.recipes import Config, Distill  # noqa: E402
 
 TARGETS = ("intel-cpu", "android-arm64", "android-litert", "jetson-orin-nano")
 #: what actually runs on this host for each target format (the devices are not here)
@@ -59,24 +60,24 @@ PASS_CODE = (Path("converters/passes"), Path("sdk/compression.py"), Path("benchm
 class Recipe:
     """An SDK row: passes (run once per model with sdk.compress) then one precision (exported per target)."""
 
-    passes: tuple[str, ...]
+    passes: tuple[str | Config, ...]
     precision: str
 
     @property
     def label(self) -> str:
-        return "+".join([*self.passes, self.precision])
+        return "+".join(filter(None, [_passes_label(self.passes), self.precision]))
 
     @property
     def family(self) -> str:
         """fp32, int8, int8-dynamic, int4, lowrank or prune: what `--recipes` selects by."""
-        return (self.passes[0] if self.passes else self.precision).split(":")[0]
+        return self.label.split(":")[0].split("+")[0]
 
 
 def recipes(w: Workload, distill_steps: int, only: list[str] | None = None) -> list[Recipe]:
     """The SDK rows for `w` (int4 in blocks of 64, which every int4 target here takes); `only` keeps these families."""
+    distill = Distill(steps=distill_steps, lr=w.distill_lr)
     every = [Recipe((), "fp32"), Recipe((), "int8"), *(Recipe((), p) for p in w.extra_precisions),
-             Recipe((), "int4:64"), Recipe(("lowrank:0.5", f"distill:{distill_steps}"), "int8"),
-             Recipe(("prune:0.3", f"distill:{distill_steps}"), "int8")]
+             Recipe((), "int4:64"), Recipe(("lowrank:0.5", distill), "int8"), Recipe(("prune:0.3", distill), "int8")]
     return [r for r in every if not only or r.family in only]
 
 
@@ -163,7 +164,7 @@ class Bench:
         self.clock.log(f"made {task.model} {task.target} {task.label}: {detail}")
 
     def _save_inputs(self, w: Workload, model: torch.nn.Module, passes: tuple[str, ...]) -> Path:
-        path = self.cache.root / w.name / f"inputs-{'+'.join(passes) or 'original'}.pt"
+        path = self.cache.root / w.name / f"inputs-{_passes_label(passes) or 'original'}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": model, "example_inputs": w.example_inputs, "calibration": w.calibration}, path)
         return path
@@ -186,7 +187,7 @@ class Bench:
 
     def _student(self, w: Workload, passes: tuple[str, ...], deadline: float) -> bool:
         """Compress + distill once per model (every target exports the student); False (reason kept) if it failed."""
-        label = "+".join(passes)
+        label = _passes_label(passes)
         if time.time() > deadline:
             self.students[(w.name, passes)] = "skipped: over the time budget"
             return False
@@ -333,6 +334,10 @@ class Bench:
         return checks
 
 
+def _passes_label(passes: tuple[str | Config, ...]) -> str:
+    return "+".join(p if isinstance(p, str) else p.to_string() for p in passes)
+
+
 def _student_summary(report: dict[str, Any]) -> dict[str, Any]:
     """From sdk.compress's report: size before and after, and the distillation's held-out parity before and after."""
     passes = report["passes"]
@@ -343,7 +348,7 @@ def _student_summary(report: dict[str, Any]) -> dict[str, Any]:
         return {"cosine": outputs[0].get("cosine"), "top1": outputs[0].get("top1_agreement")} if outputs else None
     return {"params": [passes[0]["params_before"], passes[-1]["params_after"]],
             "macs": [passes[0].get("macs_before"), passes[-1].get("macs_after")],
-            "distill": {"steps": distill.get("steps"), "train_samples": distill.get("train_samples"),
+            "distill": {"steps": distill.get("steps"), "lr": distill.get("lr"), "train_samples": distill.get("train_samples"),
                         "heldout_samples": distill.get("heldout_samples"), "loss": distill.get("loss"),
                         "loss_first": distill.get("loss_first"), "loss_last": distill.get("loss_last"),
                         "before": parity("parity_before"), "after": parity("parity_after")}}

@@ -115,4 +115,4 @@ def distill(model: nn.Module, config: Distill, ctx: PassContext) -> tuple[nn.Mod
     assert ctx.calibration is not None  # apply() refuses Distill without calibration
     before = ctx.parity(model)
     details = train(model, ctx.teacher, config, ctx.calibration)
-    return model, {"steps": config.steps, **details, "parity_before": before, "parity_after": ctx.parity(model)}
+    return model, {"steps": config.steps, "lr": config.lr, **details, "parity_before": before, "parity_after": ctx.parity(model)}
