@@ -120,6 +120,8 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
             unexcludable[keep.pop()] = str(exc)  # e.g. a module whose forward never runs on its own
         else:
             result = candidate
+            if not keep:
+                _check_something_quantized(result, job)
             parity = evaluate(result, attempt.keep_float)
             problems = _misses(parity, tolerance)
             steps.append({"kept_float": list(keep), "min_cosine": min(o["cosine"] for o in parity["outputs"]),
@@ -161,6 +163,21 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
     report["float_layers"] = list(floats.values())
     result.quantization = report
     return result
+
+
+def _check_something_quantized(result: ConversionResult, job: ConversionJob) -> None:
+    """A scheme that left every layer float is not the artifact asked for (e.g. block-wise INT4 on a CNN whose
+    only matrix multiply the toolchain cannot take): refuse it, with the converter's reasons, rather than ship an
+    fp32 file labelled int4."""
+    account = result.quantization or {}
+    if account.get("quantized_layers"):
+        return
+    _clear(job.workdir)
+    reasons = "; ".join(sorted({entry["reason"] for entry in account.get("float_layers", [])})[:3])
+    raise ConversionError(f"{job.precision} quantized no layer of this model ({reasons or 'none reported'})",
+                          fmt=job.profile.format, device=job.profile.id,
+                          hint="use a precision these layers take (int8 quantizes convolutions and linears on every "
+                               "target), or keep the model in fp16/fp32")
 
 
 def _misses(parity: dict[str, Any], tolerance: Tolerance) -> list[str]:

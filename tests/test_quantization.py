@@ -106,3 +106,18 @@ def test_unreachable_tolerance_says_how_close(tmp_path):
         sdk.export(model, "intel-cpu", _mlp_data(1, 5)[0], recipe="int8", calibration=_mlp_data(20, 1),
                    tolerance=sdk.Tolerance(min_cosine=0.9, max_abs_err=1e-9), output_dir=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_scheme_that_quantizes_no_layer_is_refused(tmp_path):
+    """Block-wise INT4 for TensorRT takes MatMul weights only; a conv-only network would come out all fp32."""
+    import sdk
+    from sdk.errors import ConversionError
+
+    torch.manual_seed(0)
+    convs = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten()).eval()
+    x = (torch.randn(1, 3, 16, 16),)
+    with pytest.raises(ConversionError, match="quantized no layer") as err:
+        sdk.export(convs, "jetson-orin-nano", x, recipe=["int4:64"], output_dir=tmp_path, validate=False)
+    assert "MatMul" in str(err.value)
+    assert not (tmp_path / "jetson-orin-nano").exists()
