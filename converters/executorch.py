@@ -255,9 +255,11 @@ _WEIGHT_OPS = frozenset({torch.ops.aten.linear.default, torch.ops.aten.conv1d.de
 
 
 def _is_transformer(graph: torch.fx.GraphModule) -> bool:
-    """Attention (a softmax) in the graph."""
-    return any(node.op == "call_function" and node.target in (torch.ops.aten.softmax.int, torch.ops.aten._softmax.default)
-               for node in graph.graph.nodes)
+    """Attention in the graph: a softmax and a product of two activations (scores = q @ k^T), not a classifier
+    that merely ends in a softmax (its linear layers export as aten.linear)."""
+    targets = {node.target for node in graph.graph.nodes if node.op == "call_function"}
+    return bool(targets & {torch.ops.aten.softmax.int, torch.ops.aten._softmax.default}) and bool(
+        targets & {torch.ops.aten.matmul.default, torch.ops.aten.bmm.default})
 
 
 #: calibration samples run through the float graph to find int8-unrepresentable ranges

@@ -169,7 +169,8 @@ def _quantize(job: ConversionJob, path: Path) -> dict[str, Any]:
     interpreter, _ = open_interpreter(path, num_threads=1)
     table = _op_table(interpreter)
     keep = _kept_scopes(job, table)
-    transformer = static and any(row["op"] == "SOFTMAX" for row in table)
+    ops = {row["op"] for row in table}
+    transformer = static and {"SOFTMAX", "BATCH_MATMUL"} <= ops  # attention, not a classifier ending in softmax
     recipe = recipe_manager.RecipeManager()
     if static:
         granularity = qtyping.QuantGranularity.CHANNELWISE if config.per_channel else qtyping.QuantGranularity.TENSORWISE

@@ -43,3 +43,20 @@ def test_structured_prune_leaves_the_output_width(model):
     shapes = {row["name"]: row["weight_shape_after"] for row in report["layers"]}
     assert shapes["blocks.0.up"] == [128, 64] and shapes["blocks.0.down"] == [64, 128]
     assert pruned(*DATA[0]).shape == (1, 64)
+
+
+@pytest.mark.parametrize("device", ["android-arm64", "android-litert", "intel-cpu"])
+def test_a_classifier_ending_in_softmax_is_not_a_transformer(device, tmp_path):
+    """The rule keys on attention (softmax and an activation x activation product), not on any softmax."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+                        nn.Softmax(-1)).eval()
+    images = [(torch.rand(1, 3, 16, 16),) for _ in range(12)]
+    res = sdk.export(cnn, device, images[0], recipe=["int8"], output_dir=tmp_path, validate=False,
+                     calibration=images[:10], eval_data=images[10:], tolerance=sdk.Tolerance(min_cosine=0.9))
+    q = res.report["quantization"]
+    said = " ".join([q["toolchain"], q["scheme"], *res.report.get("notes", [])])
+    assert "TRANSFORMER" not in said and "a transformer" not in said
