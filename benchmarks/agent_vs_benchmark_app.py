@@ -15,6 +15,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,6 +5,8 @@ embedding width)."""
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
 import sdk
 from sdk.recipes import Prune
@@ -48,9 +50,6 @@ def test_structured_prune_leaves_the_output_width(model):
 @pytest.mark.parametrize("device", ["android-arm64", "android-litert", "intel-cpu"])
 def test_a_classifier_ending_in_softmax_is_not_a_transformer(device, tmp_path):
     """The rule keys on attention (softmax and an activation x activation product), not on any softmax."""
-    import torch
-    from torch import nn
-
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
                         nn.Softmax(-1)).eval()
