@@ -40,11 +40,12 @@ class ExportResult:
                 f"path='{self.artifact.path}', size={self.artifact.size_bytes} B, parity_passed={parity.get('passed')})")
 
 
-def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: Sequence[torch.Tensor], *,
-           recipe: str | recipes.Config | Sequence[str | recipes.Config] | None = None,
+def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: Sequence[torch.Tensor] | None = None,
+           *, recipe: str | recipes.Config | Sequence[str | recipes.Config] | None = None,
            calibration: Iterable[Any] | None = None, tolerance: recipes.Tolerance | None = None,
            output_dir: str | Path = "out", validate: bool | str = True,
-           eval_data: Iterable[Any] | None = None) -> ExportResult:
+           eval_data: Iterable[Any] | None = None, task: str | None = None, max_seq_len: int = 512,
+           tokenizer: Any = None) -> ExportResult:
     """Compress, convert and validate `model` for `device`; write the bundle to `<output_dir>/<device-id>/`.
 
     `recipe` is a list of configs or their strings (default: the profile's default recipe);
@@ -58,7 +59,13 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     >>> res = sdk.export(model, "jetson", (torch.randn(1, 3, 32, 32),), output_dir=tmp)
     >>> res.artifact.path.name, res.report["parity"]["passed"]
     ('jetson-orin-nano', True)
+
+    `task="text-generation"` exports a causal LM (no `example_inputs`) with a static KV cache of `max_seq_len`
+    positions; `calibration`/`eval_data` are texts (with `tokenizer`) or token-id lists; see docs/llm.md.
     """
+    if task is not None:
+        return _export_task(task, model, device, recipe=recipe, calibration=calibration, eval_data=eval_data,
+                            max_seq_len=max_seq_len, output_dir=output_dir, validate=validate, tokenizer=tokenizer)
     started = time.perf_counter()
     profile = devices.get(device)
     inputs = _check_inputs(model, example_inputs)
@@ -134,6 +141,17 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
         final = writer.commit()
     log.info("bundle written to %s", final)
     return ExportResult(artifact=load_artifact(final), report=report)
+
+
+def _export_task(task: str, model: Any, device: str | DeviceProfile, **kwargs: Any) -> ExportResult:
+    """Hook for exports shaped by a task rather than by example inputs (the work lives in converters/llm)."""
+    if task != "text-generation":
+        raise InvalidInputsError(f"unknown task {task!r}; tasks: 'text-generation' (or leave task=None and give "
+                                 "example_inputs)")
+    from converters.llm.export import export_llm
+
+    artifact, report = export_llm(model, devices.get(device), **kwargs)
+    return ExportResult(artifact=artifact, report=report)
 
 
 def _check_inputs(model: Any, example_inputs: Any) -> tuple[torch.Tensor, ...]:
