@@ -164,11 +164,18 @@ def export_cmd(
     agent: Optional[str] = typer.Option(None, "--agent", help="Validate on a remote agent at this URL instead of here"),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Parity tolerance; with a quantized recipe "
                                                "the most sensitive layers stay in float until it is met"),
+    task: Optional[str] = typer.Option(None, "--task", help="'text-generation': a causal LM (the factory returns it; "
+                                       "--calibration gives token-id lists), exported with a static KV cache"),
+    max_seq_len: int = typer.Option(512, "--max-seq-len", help="KV cache length for --task text-generation"),
 ) -> None:
     """Export a model to one or more devices and print a summary table."""
     import sdk
 
-    net, inputs = _model_and_inputs(model, shape)
+    if task is not None:
+        builder, _ = _load_attr(model, "model")
+        net, inputs = (builder() if callable(builder) and not hasattr(builder, "config") else builder), None
+    else:
+        net, inputs = _model_and_inputs(model, shape)
     calib = None
     if calibration:
         calib, _ = _load_attr(calibration, "calibration")
@@ -184,6 +191,11 @@ def export_cmd(
         try:
             for target in targets:
                 try:
+                    if task is not None:
+                        res = sdk.export(net, target, recipe=recipe, calibration=calib, output_dir=out,
+                                         validate=validate, task=task, max_seq_len=max_seq_len)
+                        rows.append(_llm_row(res.report, res.artifact.path))
+                        continue
                     res = sdk.export(net, target, inputs, recipe=recipe, calibration=calib, output_dir=out,
                                      validate=agent or validate, tolerance=tolerance)
                     rows.append(_summary_row(res.report, res.artifact.path))
@@ -218,6 +230,55 @@ def _summary_row(report: dict, path: Path) -> list[str]:
     latency = report["validation"].get("latency_ms")
     return [report["device"], report["format"], _fmt_size(report["artifact"]["size_bytes"]), parity_text,
             f"{latency['p50']:.2f} ms" if latency else "-", str(path)]
+
+
+def _llm_row(report: dict, path: Path) -> list[str]:
+    """An LLM export's row: quality in place of parity, decode tokens/s in place of latency."""
+    llm = report["llm"]
+    if not llm.get("ran"):
+        return [report["device"], report["format"], _fmt_size(report["artifact"]["size_bytes"]),
+                f"[yellow]not run[/yellow]: {llm.get('reason')}", "-", str(path)]
+    q = llm.get("quality")
+    quality = (f"top-1 agree {q['top1_agreement']:.2f}, ppl {q['perplexity_artifact']:.2f} vs fp32 "
+               f"{q['perplexity_fp32']:.2f}" if q else f"[yellow]{llm.get('quality_reason')}[/yellow]")
+    decode = llm["prompts"][0]["decode_tok_s"]
+    return [report["device"], report["format"], _fmt_size(report["artifact"]["size_bytes"]), quality,
+            f"{decode:.1f} tok/s decode" if decode else "-", str(path)]
+
+
+def _is_llm_bundle(path: Path) -> bool:
+    manifest = path / "manifest.json"
+    return manifest.is_file() and "llm" in json.loads(manifest.read_text())
+
+
+def _llm_bench(bundles: list[Path], prompt_len: str, new_tokens: int, as_json: bool) -> None:
+    from sdk.agent import LocalAgent
+
+    try:
+        lengths = [int(n) for n in prompt_len.split(",") if n.strip()]
+    except ValueError:
+        raise UserInputError(f"--prompt-len takes comma-separated integers, e.g. 64,512; got {prompt_len!r}") from None
+    results = []
+    with console.status("generating"):
+        for bundle in bundles:
+            results.append(LocalAgent().llm_benchmark(bundle, prompt_lens=lengths, new_tokens=new_tokens).to_dict())
+    if as_json:
+        console.print_json(json.dumps(results, default=str))
+        return
+    table = Table(title=f"LLM generation on this machine ({new_tokens} new tokens)")
+    for col in ("bundle", "ran on", "prompt", "TTFT ms", "prefill tok/s", "decode tok/s", "token p50/p90/p99 ms",
+                "peak RSS MB", "energy / token"):
+        table.add_column(col)
+    for bundle, r in zip(bundles, results):
+        energy = (f"{r['energy_per_token_mj']:.3f} mJ" if r["energy_per_token_mj"] is not None
+                  else f"n/a: {(r['energy_reason'] or '').split(':')[0]}")
+        for p in r["prompts"]:
+            lat = p["token_latency_ms"] or {}
+            table.add_row(str(bundle), r["ran_on"], str(p["prompt_len"]), f"{p['ttft_ms']:.1f}",
+                          f"{p['prefill_tok_s']:.0f}", f"{p['decode_tok_s'] or 0:.1f}",
+                          "/".join(f"{lat[k]:.2f}" for k in ("p50", "p90", "p99")) if lat else "-",
+                          f"{r['peak_rss_mb']:.0f}", energy)
+    console.print(table)
 
 
 @app.command("inspect")
@@ -287,9 +348,19 @@ def bench_cmd(
     warmup: int = typer.Option(10, help="Untimed iterations before timing"),
     iterations: int = typer.Option(200, help="Timed iterations"),
     as_json: bool = typer.Option(False, "--json", help="Print the raw results as JSON"),
+    prompt_len: Optional[str] = typer.Option(None, "--prompt-len", help="LLM bundles: prompt lengths, e.g. 64,512"),
+    new_tokens: int = typer.Option(128, "--new-tokens", help="LLM bundles: tokens generated per prompt"),
 ) -> None:
-    """Measure bundles on a device through the agent: latency, load time, memory, parity, energy."""
+    """Measure bundles on a device through the agent: latency, load time, memory, parity, energy.
+
+    LLM bundles (task text-generation) are measured by generating, here: TTFT, prefill/decode tokens/s."""
     from sdk.agent import Client, LocalAgent
+
+    if prompt_len is not None or all(_is_llm_bundle(b) for b in bundles):
+        if agent:
+            raise UserInputError("LLM bundles are benchmarked on this machine; on a device, call "
+                                 "Client(url).generate or run `edge-sdk bench` there")
+        return _llm_bench(bundles, prompt_len or "64", new_tokens, as_json)
 
     runner = Client(agent, token) if agent else LocalAgent()
     results = []

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from sdk.agent.generate import GenerationResult
 from sdk.agent.local import as_zip
 from sdk.agent.result import BenchmarkResult
 from sdk.errors import AgentError
@@ -121,3 +122,15 @@ class Client:
         if job["status"] == "failed":
             raise AgentError(f"benchmark job {job_id} failed on {self.url}: {job['error']}")
         return BenchmarkResult({**job["result"], "job_id": job_id, "agent": self.url})
+
+    def generate(self, bundle: Any, prompt_tokens: Sequence[int], *, max_new_tokens: int = 128,
+                 temperature: float = 0.0, top_k: int = 0, seed: int = 0,
+                 stop_tokens: Sequence[int] | None = None) -> GenerationResult:
+        """Upload an LLM bundle and generate on the agent (POST /v1/generate); same result as LocalAgent.generate."""
+        spec = {"prompt_tokens": [int(t) for t in prompt_tokens], "max_new_tokens": max_new_tokens,
+                "temperature": temperature, "top_k": top_k, "seed": seed,
+                "stop_tokens": None if stop_tokens is None else [int(t) for t in stop_tokens]}
+        with as_zip(bundle) as zip_path, open(zip_path, "rb") as fh:
+            result = self._request("POST", "/v1/generate", data={"spec": json.dumps(spec)},
+                                   files={"bundle": (Path(zip_path).name, fh, "application/zip")})
+        return GenerationResult.from_dict(result)

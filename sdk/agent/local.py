@@ -4,13 +4,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sdk.agent import bench
 from sdk.agent.device import describe
+from sdk.agent.generate import GenerationResult, LlmBenchmark, generate
+from sdk.agent.generate import benchmark as llm_benchmark
 from sdk.agent.result import BenchmarkResult
 from sdk.artifact import Artifact, load_artifact
 from sdk.errors import UserInputError
@@ -77,3 +79,17 @@ class LocalAgent:
                                         idle_s=idle_s, energy=energy, check_bad_input=check_bad_input,
                                         timeout_s=timeout_s)
         return BenchmarkResult({**result, "agent": self.url})
+
+    def generate(self, bundle: Any, prompt_tokens: Sequence[int], *, max_new_tokens: int = 128,
+                 temperature: float = 0.0, top_k: int = 0, seed: int = 0,
+                 stop_tokens: Sequence[int] | None = None) -> GenerationResult:
+        """Generate after `prompt_tokens` with an LLM bundle here (greedy unless temperature > 0); see docs/llm.md."""
+        with as_folder(bundle) as folder:
+            return generate(folder, prompt_tokens, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                            stop_tokens=stop_tokens)
+
+    def llm_benchmark(self, bundle: Any, *, prompt_lens: Sequence[int] = (64,), new_tokens: int = 128,
+                      idle_s: float = 1.0, energy: bool = True) -> LlmBenchmark:
+        """TTFT, prefill/decode tokens/s, per-token latency, RSS and energy per token of an LLM bundle here."""
+        with as_folder(bundle) as folder:
+            return llm_benchmark(folder, prompt_lens, new_tokens, idle_s=idle_s, energy=energy)

@@ -33,7 +33,7 @@ from sdk.agent import bench, intake
 from sdk.agent.adb import Phone
 from sdk.agent.device import describe
 from sdk.agent.store import STATUSES, JobStore
-from sdk.errors import UserInputError
+from sdk.errors import DeviceError, UserInputError
 from sdk.version import __version__
 
 __all__ = ["DEFAULT_MAX_UPLOAD_MB", "RunSpec", "create_app", "serve"]
@@ -64,6 +64,18 @@ class RunSpec(BaseModel):
     energy: bool = True
     check_bad_input: bool = False
     target: Literal["local", "phone"] = "local"
+
+
+class GenerateSpec(BaseModel):
+    """The `spec` form field of POST /v1/generate (an LLM bundle): prompt token ids and sampling settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt_tokens: list[int] = Field(..., min_length=1, max_length=1_000_000)
+    max_new_tokens: int = Field(128, ge=1, le=1_000_000)
+    temperature: float = Field(0.0, ge=0)
+    top_k: int = Field(0, ge=0)
+    seed: int = 0
+    stop_tokens: list[int] | None = None
 
 
 class _Agent:
@@ -231,6 +243,26 @@ def create_app(data_dir: str | Path, token: str | None = None, max_upload_mb: fl
             raise
         agent.queue.put(job_id)
         return {"id": job_id, "status": "queued", "bundle": bundle}
+
+    @app.post("/v1/generate", dependencies=guarded)
+    async def generate_tokens(request: Request) -> dict[str, Any]:
+        """Generate with an LLM bundle in this process, answering when done (sdk.agent.generate)."""
+        from sdk.agent import generate
+
+        work = Path(tempfile.mkdtemp(prefix="generate-", dir=agent.jobs_dir))
+        try:
+            spec_text = await _read_multipart(request, work / "bundle.zip", max_bytes, max_upload_mb)
+            try:
+                spec = GenerateSpec.model_validate(json.loads(spec_text or "{}"))
+            except (json.JSONDecodeError, ValidationError) as exc:
+                raise _error(422, f"invalid generate spec: {exc}") from None
+            await run_in_threadpool(_intake, work / "bundle.zip", work / "bundle", max_bytes, True)
+            result = await run_in_threadpool(generate.generate, work / "bundle", **spec.model_dump())
+        except (UserInputError, DeviceError) as exc:
+            raise _error(422, str(exc).replace(str(work), "upload")) from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return result.to_dict()
 
     return app
 
