@@ -51,6 +51,8 @@ def export_llm(model: torch.nn.Module, profile: DeviceProfile, *, recipe: Any, c
                tokenizer: Any = None) -> tuple[Artifact, dict[str, Any]]:
     started = time.perf_counter()
     _check_model(model, max_seq_len)
+    if recipe is None:  # profiles' default recipes are for single-call graphs (e.g. fp16 on TensorRT)
+        recipe = next((p for p in PRECISIONS if p in profile.precisions), "fp32")
     plan = recipes.resolve(profile, recipe)
     if plan.passes or plan.precision.name not in PRECISIONS or profile.format not in FORMATS:
         bad = plan.passes[0] if plan.passes else plan.precision
