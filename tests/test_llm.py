@@ -164,3 +164,22 @@ def test_refusals(llama, texts, out):
     with pytest.raises(InvalidInputsError, match="unknown task"):
         sdk.export(llama, "jetson", task="summarize", output_dir=out)
     assert not list(out.glob(".*partial*"))
+
+
+def test_energy_per_token_through_a_power_probe(exported, tmp_path):
+    """A Jetson INA3221 tree (tests/fixtures/power) at constant current: the probe works, and since the loop draws
+    no more than idle, energy per token is None with the probe's reason rather than a number made of noise."""
+    import shutil
+    from pathlib import Path
+
+    from sdk.agent import generate
+    from sdk.agent.power import JetsonProbe
+
+    if exported.artifact.device != "jetson-orin-nano":
+        pytest.skip("the energy plumbing once is enough")
+    root = tmp_path / "jetson"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "power" / "jetson-orin-nano", root, symlinks=True)
+    result = generate.benchmark(exported.artifact.path, prompt_lens=(8,), new_tokens=8, idle_s=0.2,
+                                probes=[JetsonProbe(root)])
+    assert result.energy["probe"] == "jetson-ina3221" and result.energy["iterations"] == 8
+    assert result.energy_per_token_mj is None and "not above idle" in result.energy_reason
