@@ -183,3 +183,13 @@ def test_energy_per_token_through_a_power_probe(exported, tmp_path):
                                 probes=[JetsonProbe(root)])
     assert result.energy["probe"] == "jetson-ina3221" and result.energy["iterations"] == 8
     assert result.energy_per_token_mj is None and "not above idle" in result.energy_reason
+
+
+def test_fp32_artifact_reproduces_the_torch_model_exactly(llama, texts, out):
+    """Without quantization the cache loop must give the fp32 model's tokens: every teacher-forced argmax and a
+    whole greedy continuation equal, perplexity equal (ONNX Runtime, the quickest export)."""
+    res = sdk.export(llama, "jetson", task="text-generation", recipe=["fp32"], calibration=texts,
+                     max_seq_len=MAX_SEQ, output_dir=out / "fp32")
+    q = res.report["llm"]["quality"]
+    assert q["top1_agreement"] == 1.0 and q["greedy_prefix_agreement"] == 1.0, q
+    assert abs(q["perplexity_change"]) < 1e-5, q
