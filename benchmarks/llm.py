@@ -20,13 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import sdk  # noqa: E402
-from benchmarks import machine  # noqa: E402
-from samples.tiny_llama import build, token_lists  # noqa: E402
-from sdk.agent import LocalAgent  # noqa: E402
+import sdk
+from benchmarks import machine
+from samples.tiny_llama import build, token_lists
+from sdk.agent import LocalAgent
 
 
 def torch_eager(model: torch.nn.Module, prompt_len: int, new_tokens: int, vocab: int) -> dict:
@@ -50,8 +50,8 @@ def main() -> None:
     parser.add_argument("--prompt-lens", default="64,256")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench-llm")
+    parser.add_argument("--reuse", action="store_true", help="measure bundles already in --out instead of exporting")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     lens = [int(n) for n in args.prompt_lens.split(",")]
     max_seq = max(lens) + args.new_tokens
     model = build(large=True)
@@ -59,21 +59,25 @@ def main() -> None:
     texts = token_lists(n=12, length=96, vocab=vocab)
     results = {"machine": machine.describe(), "model": {"params": params, "fp32_bytes": params * 4,
                                                         "source": "config-defined, random weights (seed 0)"},
-               "torch_eager_fp32": [torch_eager(model, n, args.new_tokens, vocab) for n in lens], "targets": {}}
+               "targets": {}}
     for target in args.targets.split(","):
         t0 = time.perf_counter()
         try:
-            res = sdk.export(model, target, task="text-generation", recipe=["int4:32"], calibration=texts,
-                             max_seq_len=max_seq, output_dir=args.out)
+            artifact = sdk.load_artifact(args.out / sdk.devices.get(target).id) if args.reuse else sdk.export(
+                model, target, task="text-generation", recipe=["int4:32"], calibration=texts, max_seq_len=max_seq,
+                output_dir=args.out).artifact
         except sdk.errors.SdkError as exc:
             results["targets"][target] = {"error": str(exc)}
             continue
-        export_s = time.perf_counter() - t0
-        bench = LocalAgent().llm_benchmark(res.artifact, prompt_lens=lens, new_tokens=args.new_tokens).to_dict()
-        results["targets"][target] = {"export_s": export_s, "toolchain": res.report["toolchain"],
-                                      "size_bytes": res.artifact.size_bytes,
-                                      "size_vs_fp32": res.artifact.size_bytes / (params * 4),
-                                      "quality": res.report["llm"].get("quality"), "bench": bench}
+        export_s = None if args.reuse else time.perf_counter() - t0
+        # torch eager right before the bundle, so each ratio compares two runs under the same machine load
+        eager = [torch_eager(model, n, args.new_tokens, vocab) for n in lens]
+        bench = LocalAgent().llm_benchmark(artifact, prompt_lens=lens, new_tokens=args.new_tokens).to_dict()
+        results["targets"][target] = {"export_s": export_s, "toolchain": artifact.report["toolchain"],
+                                      "size_bytes": artifact.size_bytes,
+                                      "size_vs_fp32": artifact.size_bytes / (params * 4),
+                                      "quality": artifact.report["llm"].get("quality"), "bench": bench,
+                                      "torch_eager_fp32": eager}
         print(target, json.dumps(results["targets"][target], default=str)[:400], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -81,16 +85,17 @@ def main() -> None:
 
 
 def table(results: dict) -> str:
-    eager = {e["prompt_len"]: e for e in results["torch_eager_fp32"]}
-    rows = ["| target | prompt | TTFT ms | decode tok/s | vs torch eager fp32 | p90 ms/token | peak RSS MB | "
-            "size vs fp32 | top-1 agreement | perplexity change | energy/token |", "|" + "---|" * 11]
-    for e in eager.values():
-        rows.append(f"| torch eager fp32 | {e['prompt_len']} | {e['ttft_ms']:.1f} | {e['decode_tok_s']:.1f} | 1.00x "
-                    "| - | - | 1.00 | - | - | - |")
+    header = ("| target | prompt | TTFT ms | decode tok/s | vs torch eager fp32 | p90 ms/token | peak RSS MB | "
+              "size vs fp32 | top-1 agreement | perplexity change | energy/token |")
+    rows = [header, "|" + "---|" * 11]
     for target, r in results["targets"].items():
         if "error" in r:
             rows.append(f"| {target} | error: {r['error'][:100]} |" + " |" * 9)
             continue
+        eager = {e["prompt_len"]: e for e in r["torch_eager_fp32"]}
+        for e in eager.values():
+            rows.append(f"| torch eager fp32 (before {target}) | {e['prompt_len']} | {e['ttft_ms']:.1f} | "
+                        f"{e['decode_tok_s']:.1f} | 1.00x | - | - | 1.00 | - | - | - |")
         b, q = r["bench"], r["quality"] or {}
         energy = f"{b['energy_per_token_mj']:.2f} mJ" if b["energy_per_token_mj"] is not None else "unavailable"
         for p in b["prompts"]:
