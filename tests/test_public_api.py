@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "__version__", "export", "compress", "load_artifact", "ExportResult", "Artifact", "Tolerance", "Fp32", "Fp16",
     "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize", "Prune", "LowRank", "DepthwiseSeparable", "Distill",
-    "devices", "recipes", "errors", "agent",
+    "devices", "recipes", "errors", "agent", "farm",
 }
 
 
@@ -50,7 +50,7 @@ def test_device_side_imports_without_torch():
 
 def test_no_submodule_shadows_a_public_function():
     """`import sdk.<name>` must never replace the function sdk.<name> (doctest collection imports every module)."""
-    submodules = {"devices", "recipes", "errors", "agent"}
+    submodules = {"devices", "recipes", "errors", "agent", "farm"}
     for name in sdk.__all__:
         if name not in submodules:
             assert not (ROOT / "sdk" / f"{name}.py").exists() and not (ROOT / "sdk" / name).is_dir(), name
