@@ -55,13 +55,14 @@ class AdbConnection:
     serial: str
     runner: str
     adb: tuple[str, ...] = ("adb",)
+    runtimes: tuple[str, ...] = ("executorch",)
 
     kind = "adb"
 
     def open(self) -> Any:
         from sdk.agent.adb import Phone
 
-        return _PhoneAgent(Phone(runner=self.runner, serial=self.serial, adb=self.adb))
+        return _PhoneAgent(Phone(runner=self.runner, serial=self.serial, adb=self.adb, runtimes=self.runtimes))
 
     def describe(self) -> str:
         return f"adb:{self.serial}"

@@ -7,13 +7,13 @@ calls and restarts a crashed one); `local()` is the same API on this machine wit
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ class Farm:
 
     def device(self) -> dict[str, Any]:
         """The farm's devices (name, labels, host, state, jobs done)."""
-        return {"farm": self.url, "devices": [row.__dict__ for row in self.devices()]}
+        return {"farm": self.url, "devices": [dataclasses.asdict(row) for row in self.devices()]}
 
     def benchmark(self, bundle: Any, *, labels: Mapping[str, str] | None = None, **spec: Any) -> BenchmarkResult:
         """Run one bundle on a free device of its profile (and `labels`); the result says which device ran it."""
@@ -126,11 +126,10 @@ class Farm:
     def _one(self, bundle: Any, spec: Mapping[str, Any], labels: Mapping[str, str] | None) -> BenchmarkResult:
         spec = check_spec(spec)
         job = uuid.uuid4().hex[:12]
-        with ExitStack() as stack:
-            zip_path = stack.enter_context(as_zip(bundle))
+        with as_zip(bundle) as zip_path:
             selector = self._selector(_manifest(zip_path), labels)
-            payload, bundle_name = self._payload(zip_path), Path(str(getattr(bundle, "path", bundle))).name
-            avoid: list[str] = []
+            payload, bundle_name = self._payload(zip_path), zip_path.stem
+            avoid: list[str] = []  # devices lost during this job
             attempt = 0
             while True:
                 attempt += 1
