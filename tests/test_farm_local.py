@@ -3,6 +3,7 @@ device worker driving a phone over adb (tests/fake_adb.py stands in for adb and 
 from __future__ import annotations
 
 import sys
+import zipfile
 from pathlib import Path
 
 import fake_adb
@@ -34,6 +35,10 @@ def test_local_farm_runs_records_and_reports_a_failed_job_without_losing_the_oth
     assert sorted(r.status for r in records) == ["done", "done", "failed"]
     assert next(r for r in records if r.status == "failed").bundle == "no-runtime"
     assert [(row.name, row.state, row.jobs_done) for row in farm.devices()] == [("local", "free", 3)]
+    with zipfile.ZipFile(tmp_path / "not-a-bundle.zip", "w") as zf:
+        zf.writestr("model.onnx", b"")
+    with pytest.raises(sdk.errors.UserInputError, match="not a bundle"):
+        farm.benchmark(tmp_path / "not-a-bundle.zip")
     farm.close()
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from sdk.agent.local import as_zip
 from sdk.agent.result import BenchmarkResult
-from sdk.errors import AgentError, SdkError
+from sdk.errors import AgentError, SdkError, UserInputError
 from sdk.farm.device import DeviceWorker, LocalConnection, check_spec
 from sdk.farm.store import DEFAULT_STORE, JobRecord
 from sdk.farm.tracker import DeviceRow, NoDeviceError, Tracker
@@ -39,8 +39,13 @@ class FarmJobsFailed(AgentError):
 
 
 def _manifest(zip_path: Path) -> dict[str, Any]:
-    with zipfile.ZipFile(zip_path) as zf:
-        return json.loads(zf.read("manifest.json"))
+    """The bundle's manifest (routing needs its device), read from the zip that will be sent."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            return json.loads(zf.read("manifest.json"))
+    except (KeyError, zipfile.BadZipFile, ValueError) as exc:
+        raise UserInputError(f"{zip_path} is not a bundle (no readable manifest.json: {exc}); give a folder "
+                             "written by sdk.export, its .zip, or an Artifact") from None
 
 
 class Farm:
@@ -70,9 +75,6 @@ class Farm:
     def _selector(self, manifest: Mapping[str, Any], labels: Mapping[str, str] | None) -> dict[str, str]:
         return {"profile": manifest["device"], **dict(labels or {})}
 
-    def _parallel(self, jobs: int) -> int:
-        return min(jobs, self.max_in_flight)
-
     # --- the protocol ---
 
     def device(self) -> dict[str, Any]:
@@ -88,7 +90,7 @@ class Farm:
         """Run every bundle once, fanned out over all matching devices, one job at a time per device; results in
         the order of `bundles`. FarmJobsFailed (after every job has ended) if any failed."""
         spec = check_spec(spec or {})
-        with ThreadPoolExecutor(max_workers=max(1, self._parallel(len(bundles))), thread_name_prefix="farm") as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(len(bundles), self.max_in_flight)), thread_name_prefix="farm") as pool:
             futures = [pool.submit(self._one, b, spec, labels) for b in bundles]
         results: list[BenchmarkResult | None] = []
         errors: dict[int, SdkError] = {}
