@@ -2,6 +2,7 @@
 device worker driving a phone over adb (tests/fake_adb.py stands in for adb and the phone)."""
 from __future__ import annotations
 
+import asyncio
 import sys
 import zipfile
 from pathlib import Path
@@ -53,3 +54,24 @@ def test_a_phone_over_adb_is_a_farm_device(bundles, tmp_path, monkeypatch):
     result = worker.benchmark(zip_bundle(bundles[0], tmp_path / "b.zip").read_bytes(), "b", QUICK)
     assert result["ran_on"].startswith("executor_runner on Pixel 8") and result["parity"]["passed"]
     assert worker.info()["jobs_done"] == 1
+
+
+def test_a_lease_is_exclusive_and_expires_when_its_client_never_gives_it_back(tmp_path):
+    from sdk.farm.tracker import Tracker
+
+    async def scenario() -> list:
+        tracker = Tracker(str(tmp_path / "jobs.sqlite3"))
+        await tracker.register("d1", {"profile": "p", "host": "h"}, [])
+        first = await tracker.acquire({"profile": "p"}, "job-1", 1, "b", [], 0.3)
+        waiting = asyncio.ensure_future(tracker.acquire({"profile": "p"}, "job-2", 1, "b", [], 60.0))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # exclusive: job-2 waits while job-1 holds the only device
+        second = await asyncio.wait_for(waiting, 5)  # job-1's client never releases: its lease expires
+        expired = [(r.job, r.status) for r in tracker.store.records()]
+        await tracker.release("d1", "job-1", 1, "done", {"late": True})  # a late answer is kept, but does not
+        rows = await tracker.rows()                                        # free the device job-2 now holds
+        return [first[0], second[0], expired, rows[0]["job"], [(r.job, r.status) for r in tracker.store.records()]]
+
+    first, second, expired, holder, records = asyncio.run(scenario())
+    assert first == second == "d1" and expired == [("job-1", "expired"), ("job-2", "running")]
+    assert holder == "job-2" and records == [("job-1", "done"), ("job-2", "running")]

@@ -27,6 +27,8 @@ from sdk.farm.tracker import DeviceRow, NoDeviceError, Tracker
 __all__ = ["Farm", "FarmJobsFailed", "LocalFarm", "PinnedDevice", "connect", "local"]
 
 log = logging.getLogger("sdk.farm")
+#: a lease lasts the job's own timeout plus this (upload, queueing on a shared agent); then it expires
+LEASE_GRACE_S = 300.0
 
 
 class FarmJobsFailed(AgentError):
@@ -135,7 +137,8 @@ class Farm:
             attempt = 0
             while True:
                 attempt += 1
-                name, device_labels, handle = self._call("acquire", selector, job, attempt, bundle_name, avoid)
+                name, device_labels, handle = self._call("acquire", selector, job, attempt, bundle_name, avoid,
+                                                         spec.get("timeout_s", 600.0) + LEASE_GRACE_S)
                 try:
                     result = self._run(handle, payload, bundle_name, spec)
                 except BaseException as exc:

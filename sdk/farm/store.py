@@ -28,8 +28,9 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 @dataclass(frozen=True)
 class JobRecord:
-    """One attempt of one job: `status` is running, done, failed (the job's own error) or lost (the device or
-    its host died mid-job; the job was tried again elsewhere)."""
+    """One attempt of one job: `status` is running, done, failed (the job's own error), lost (the device or
+    its host died mid-job; the job was tried again elsewhere) or expired (its client held the device past its
+    lease without an answer)."""
 
     job: str
     attempt: int

@@ -60,23 +60,38 @@ class Tracker:
     def _matching(self, selector: Mapping[str, str]) -> list[str]:
         return [n for n, d in self.devices.items() if all(d["labels"].get(k) == v for k, v in selector.items())]
 
-    async def acquire(self, selector: Mapping[str, str], job: str, attempt: int, bundle: str,
-                      avoid: list[str]) -> tuple[str, dict[str, str], Any]:
-        """Wait for a free matching device (not lost, not in `avoid`), lease it to `job`; returns its name, labels
-        and actor handle. NoDeviceError at once when no live device could ever match."""
+    async def acquire(self, selector: Mapping[str, str], job: str, attempt: int, bundle: str, avoid: list[str],
+                      lease_s: float) -> tuple[str, dict[str, str], Any]:
+        """Wait for a free matching device (not lost, not in `avoid`), lease it to `job` for at most `lease_s`;
+        returns its name, labels and actor handle. NoDeviceError at once when no live device could ever match.
+
+        A lease not given back in time (its client died) expires, so a crashed client cannot hold a device forever.
+        """
+        loop = asyncio.get_running_loop()
         async with self.changed:
             while True:
                 usable = [n for n in self._matching(selector) if not self.devices[n]["lost"] and n not in avoid]
                 if not usable:
                     raise NoDeviceError(self._why_none(selector, avoid))
+                for name in usable:
+                    lease = self.devices[name]["job"]
+                    if lease is not None and lease["until"] < loop.time():
+                        self.store.finish(lease["job"], lease["attempt"], "expired",
+                                          error=f"lease expired after {lease['lease_s']:g} s without an answer")
+                        self.devices[name]["job"] = None
                 free = [n for n in usable if self.devices[n]["job"] is None]
                 if free:
                     name = min(free, key=lambda n: (self.devices[n]["jobs_done"], n))  # spread the work
                     device = self.devices[name]
-                    device["job"] = job
+                    device["job"] = {"job": job, "attempt": attempt, "lease_s": lease_s,
+                                     "until": loop.time() + lease_s}
                     self.store.start(job, attempt, bundle, selector.get("profile"), name, device["labels"]["host"])
                     return name, dict(device["labels"]), device["handle"]
-                await self.changed.wait()
+                first_expiry = min(self.devices[n]["job"]["until"] for n in usable)
+                try:
+                    await asyncio.wait_for(self.changed.wait(), max(0.0, first_expiry - loop.time()) + 0.01)
+                except asyncio.TimeoutError:
+                    pass
 
     def _why_none(self, selector: Mapping[str, str], avoid: list[str]) -> str:
         wanted = ", ".join(f"{k}={v}" for k, v in selector.items())
@@ -96,7 +111,7 @@ class Tracker:
         async with self.changed:
             self.store.finish(job, attempt, status, result=result, error=error)
             device = self.devices.get(name)
-            if device is not None and device["job"] == job:
+            if device is not None and device["job"] is not None and device["job"]["job"] == job:
                 device["job"] = None
                 if status == "lost":
                     device["lost"] = True
@@ -106,7 +121,8 @@ class Tracker:
 
     async def rows(self) -> list[dict[str, Any]]:
         return [asdict(DeviceRow(n, dict(d["labels"]), d["labels"].get("host", ""),
-                                 "lost" if d["lost"] else "busy" if d["job"] else "free", d["jobs_done"], d["job"]))
+                                 "lost" if d["lost"] else "busy" if d["job"] else "free", d["jobs_done"],
+                                 d["job"]["job"] if d["job"] else None))
                 for n, d in sorted(self.devices.items())]
 
     async def records(self, job: str | None = None) -> list[Any]:
