@@ -44,6 +44,7 @@ def test_device_side_imports_without_torch():
     modules = ["sdk", "sdk.devices", "sdk.artifact", "sdk.parity", "sdk.errors", "backends"]
     modules += sorted(set(backends.BUILTIN.values()))
     modules += [f"sdk.agent.{p.stem}" for p in (ROOT / "sdk" / "agent").glob("*.py") if p.stem != "__init__"]
+    modules += [f"sdk.farm.{p.stem}" for p in (ROOT / "sdk" / "farm").glob("*.py") if p.stem != "__init__"]
     proc = _import_without_torch(modules)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
 
