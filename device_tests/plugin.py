@@ -3,7 +3,8 @@
 Registered through the `pytest11` entry point, so its options and fixtures exist in every pytest session
 where edge-sdk is installed. It is inert unless `--bundle` is given: it imports no numpy, httpx or runtime
 (sdk.errors and tomllib at most), connects to no agent, and parametrizes no test. Fixtures for your own device tests:
-`agent` (sdk.agent.Client, LocalAgent for `--agent local`, one farm device for `--agent farm://HEAD/DEVICE`), `bundle` (sdk.artifact.Artifact, one per
+`agent` (sdk.agent.Client, LocalAgent for `--agent local`, one farm device for
+`--agent farm://HEAD/DEVICE`), `bundle` (sdk.artifact.Artifact, one per
 `--bundle`), `device_profile` (sdk.devices.DeviceProfile), `device_budgets`, `device_label`.
 """
 from __future__ import annotations

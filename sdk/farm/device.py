@@ -26,7 +26,8 @@ def check_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The run spec as keyword arguments; an unknown key is an error, not silently dropped."""
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
-        raise UserInputError(f"unknown run-spec key(s) {', '.join(unknown)}; a farm job takes {', '.join(sorted(SPEC_KEYS))}")
+        raise UserInputError(f"unknown run-spec key(s) {', '.join(unknown)}; a farm job takes "
+                             f"{', '.join(sorted(SPEC_KEYS))}")
     return dict(spec)
 
 

@@ -6,6 +6,7 @@ calls and restarts a crashed one); `local()` is the same API on this machine wit
 """
 from __future__ import annotations
 
+import abc
 import asyncio
 import dataclasses
 import json
@@ -50,7 +51,7 @@ def _manifest(zip_path: Path) -> dict[str, Any]:
                              "written by sdk.export, its .zip, or an Artifact") from None
 
 
-class Farm:
+class Farm(abc.ABC):
     """What every farm offers (the agent protocol, plus fan-out): `benchmark(bundle, **spec)` runs one bundle on a
     free device of the bundle's profile; `run_many(bundles, spec)` runs many, in parallel across devices."""
 
@@ -58,17 +59,21 @@ class Farm:
     #: how many jobs may wait for a device at once (threads; the lease keeper does the queueing)
     max_in_flight = 64
 
+    @abc.abstractmethod
     def _call(self, method: str, *args: Any) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _payload(self, zip_path: Path) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _run(self, handle: Any, payload: Any, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _device_facts(self, name: str) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
     def _lost(self, exc: BaseException) -> bool:
         """True when `exc` means the device or its host died (retry elsewhere), not that the job failed."""
@@ -92,7 +97,8 @@ class Farm:
         """Run every bundle once, fanned out over all matching devices, one job at a time per device; results in
         the order of `bundles`. FarmJobsFailed (after every job has ended) if any failed."""
         spec = check_spec(spec or {})
-        with ThreadPoolExecutor(max_workers=max(1, min(len(bundles), self.max_in_flight)), thread_name_prefix="farm") as pool:
+        width = max(1, min(len(bundles), self.max_in_flight))
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="farm") as pool:
             futures = [pool.submit(self._one, b, spec, labels) for b in bundles]
         results: list[BenchmarkResult | None] = []
         errors: dict[int, SdkError] = {}
@@ -111,7 +117,7 @@ class Farm:
         return [DeviceRow(**row) for row in self._call("rows")]
 
     def jobs(self, job: str | None = None) -> list[JobRecord]:
-        """Every attempt recorded in the store (of one job, or all): which device and host ran it, and what came back."""
+        """Every attempt in the job record (of one job, or all): which device and host ran it, what came back."""
         return list(self._call("records", job))
 
     @property
@@ -207,7 +213,8 @@ class LocalFarm(Farm):
 
 
 def local(store: str | Path | None = None) -> LocalFarm:
-    """A farm of one: this machine. `store` is the SQLite file of attempts (default ~/.edge-sdk/farm/results.sqlite3)."""
+    """A farm of one: this machine. `store` is the SQLite file of attempts (default
+    ~/.edge-sdk/farm/results.sqlite3)."""
     return LocalFarm(store)
 
 
