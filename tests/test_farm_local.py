@@ -40,6 +40,8 @@ def test_local_farm_runs_records_and_reports_a_failed_job_without_losing_the_oth
         zf.writestr("model.onnx", b"")
     with pytest.raises(sdk.errors.UserInputError, match="not a bundle"):
         farm.benchmark(tmp_path / "not-a-bundle.zip")
+    with pytest.raises(sdk.errors.AgentError, match="failed on device local.*drives no phone"):
+        farm.benchmark(bundles[0], target="phone", **QUICK)
     farm.close()
 
 
@@ -51,7 +53,7 @@ def test_a_phone_over_adb_is_a_farm_device(bundles, tmp_path, monkeypatch):
     worker = DeviceWorker("pixel", {"id": "android-arm64", "format": "executorch", "runtime": "executorch"},
                           connection)
     assert worker.labels["connection"] == "adb" and worker.labels["profile"] == "android-arm64"
-    result = worker.benchmark(zip_bundle(bundles[0], tmp_path / "b.zip").read_bytes(), "b", QUICK)
+    result = worker.benchmark(zip_bundle(bundles[0], tmp_path / "b.zip").read_bytes(), "b", {**QUICK, "target": "phone"})
     assert result["ran_on"].startswith("executor_runner on Pixel 8") and result["parity"]["passed"]
     assert worker.info()["jobs_done"] == 1
 

@@ -18,8 +18,9 @@ from sdk.errors import UserInputError
 __all__ = ["SPEC_KEYS", "AdbConnection", "AgentConnection", "Connection", "DeviceWorker", "LocalConnection",
            "check_spec"]
 
-#: the run-spec keywords every agent's benchmark() takes (Client, LocalAgent)
-SPEC_KEYS = frozenset({"warmup", "iterations", "tolerance", "timeout_s", "idle_s", "energy", "check_bad_input"})
+#: the run-spec keywords of an agent's benchmark(); `target="phone"` asks an agent that drives a phone to use it
+SPEC_KEYS = frozenset({"warmup", "iterations", "tolerance", "timeout_s", "idle_s", "energy", "check_bad_input",
+                       "target"})
 
 
 def check_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,7 +104,7 @@ class _PhoneAgent:
         from sdk.agent import bench
         from sdk.agent.local import as_folder
 
-        timeout_s = spec.pop("timeout_s", 600.0)
+        timeout_s = spec.pop("timeout_s", 600.0)  # `target` was dropped by DeviceWorker: the phone is the target
         spec.pop("check_bad_input", None)  # the phone runner has no way to feed a wrong shape
         with as_folder(bundle) as folder:
             result = bench.run_isolated(folder, timeout_s=timeout_s, target=self.phone.to_dict(), **spec)
@@ -140,11 +141,25 @@ class DeviceWorker:
         """What the device's agent reports (GET /v1/device)."""
         return self._agent.device()
 
+    def _spec(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """The spec for this connection: `target` means something only to an HTTP agent (a phone over adb is
+        the target already; this host has no phone to switch to)."""
+        spec = check_spec(spec)
+        target = spec.pop("target", "local")
+        if target not in ("local", "phone"):
+            raise UserInputError(f"target must be 'local' or 'phone', got {target!r}")
+        if self.connection.kind == "agent" and target != "local":
+            spec["target"] = target
+        elif self.connection.kind == "local" and target == "phone":
+            raise UserInputError(f"device {self.name} is this host (--local), which drives no phone: target='phone' "
+                                 "needs a device attached with --adb or an agent serving a phone")
+        return spec
+
     def benchmark(self, bundle_zip: bytes, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         """Run one bundle (sent as zip bytes, so it crosses hosts) and return the agent's result as a dict."""
         with self._lock, tempfile.TemporaryDirectory(prefix="edge-sdk-farm-") as tmp:
             path = Path(tmp) / f"{Path(name).name or 'bundle'}.zip"
             path.write_bytes(bundle_zip)
-            result = self._agent.benchmark(path, **check_spec(spec)).to_dict()
+            result = self._agent.benchmark(path, **self._spec(spec)).to_dict()
             self.jobs_done += 1
         return result
