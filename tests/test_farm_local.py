@@ -77,3 +77,16 @@ def test_a_lease_is_exclusive_and_expires_when_its_client_never_gives_it_back(tm
     first, second, expired, holder, records = asyncio.run(scenario())
     assert first == second == "d1" and expired == [("job-1", "expired"), ("job-2", "running")]
     assert holder == "job-2" and records == [("job-1", "done"), ("job-2", "running")]
+
+
+def test_farm_host_needs_exactly_one_connection():
+    from typer.testing import CliRunner
+
+    from sdk.cli import app
+
+    runner = CliRunner()
+    for extra, message in (([], "exactly one of --adb"), (["--adb", "R5CX", "--local"], "exactly one of --adb"),
+                           (["--adb", "R5CX"], "--adb needs --runner"), (["--local", "--label", "x"], "key=value")):
+        result = runner.invoke(app, ["farm", "host", "--address", "127.0.0.1:1", "--device", "intel-cpu", *extra])
+        assert isinstance(result.exception, sdk.errors.UserInputError), result.output
+        assert message in str(result.exception)
