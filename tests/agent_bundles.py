@@ -20,10 +20,14 @@ from onnx import TensorProto, helper, numpy_helper
 from sdk.artifact import BundleWriter, load_artifact
 
 
-def onnx_model(seed: int, features: int = 8, classes: int = 4) -> onnx.ModelProto:
+def onnx_model(seed: int, features: int = 8, classes: int = 4, nan_bias: bool = False) -> onnx.ModelProto:
+    """`nan_bias`: one bias is NaN, so that output is NaN whatever the input (a broken export)."""
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array(rng.standard_normal((features, classes)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32), "b")
+    bias = rng.standard_normal(classes).astype(np.float32)
+    if nan_bias:
+        bias[0] = np.nan
+    b = numpy_helper.from_array(bias, "b")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["in_0", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["out_0"])],
         f"linear_{seed}",
@@ -38,13 +42,16 @@ def onnx_model(seed: int, features: int = 8, classes: int = 4) -> onnx.ModelProt
 
 
 def make_bundle(out_dir: Path, seed: int = 0, name: str | None = None, runtime: str = "onnxruntime",
-                extra_files: dict[str, bytes] | None = None, reference_scale: float = 1.0) -> Path:
-    """Write a bundle to out_dir/<name> and return its path; `extra_files` are listed in the manifest too."""
+                extra_files: dict[str, bytes] | None = None, reference_scale: float = 1.0, nan: bool = False) -> Path:
+    """Write a bundle to out_dir/<name> and return its path; `extra_files` are listed in the manifest too.
+    `nan`: the model outputs a NaN where its (finite) reference does not."""
     model = onnx_model(seed)
     x = np.random.default_rng(1000 + seed).standard_normal((1, 8)).astype(np.float32)
     with BundleWriter(out_dir, name or f"bundle-{seed}") as writer:
         onnx.save(model, writer.staging / "model.onnx")
         y = ort.InferenceSession(str(writer.staging / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"in_0": x})
+        if nan:
+            onnx.save(onnx_model(seed, nan_bias=True), writer.staging / "model.onnx")
         y = [out * reference_scale for out in y]  # != 1: a reference the model does not reproduce
         writer.write_reference([x], y)
         for rel, data in (extra_files or {}).items():
