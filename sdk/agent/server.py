@@ -17,6 +17,7 @@ import ipaddress
 import json
 import logging
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -42,6 +43,9 @@ log = logging.getLogger("edge_sdk.agent")
 DEFAULT_MAX_UPLOAD_MB = 512
 #: how much larger than the upload limit a bundle may unpack to (models compress little; this stops zip bombs)
 UNPACK_FACTOR = 4
+MAX_SPEC_CHARS = 64 * 1024
+#: agent-side absolute paths that must not reach a client: job and upload folders, benchmark scratch folders
+_PRIVATE_PATH = re.compile(r"(/[^\s'\"]*)?/(jobs/[0-9a-f]{32}|jobs/upload-[^/\s'\"]+|edge-sdk-bench-[^/\s'\"]+)")
 
 
 class Tolerance(BaseModel):
@@ -104,7 +108,7 @@ class _Agent:
                 self._run(job_id)
             except Exception as exc:  # never let one job stop the worker
                 log.exception("job %s failed inside the agent", job_id)
-                self.store.fail(job_id, f"internal agent error: {type(exc).__name__}: {exc}")
+                self.store.fail(job_id, scrub(f"internal agent error: {type(exc).__name__}: {exc}", self.data_dir))
             finally:
                 shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
 
@@ -122,9 +126,16 @@ class _Agent:
                                         check_bad_input=spec["check_bad_input"], timeout_s=spec["timeout_s"],
                                         target=target)
         except bench.BenchmarkFailed as exc:
-            self.store.fail(job_id, str(exc))
+            self.store.fail(job_id, scrub(str(exc), self.data_dir))
             return
         self.store.finish(job_id, result)
+
+
+#: POST /v1/jobs reads its multipart body itself (streamed, size-capped); this describes it in the OpenAPI document
+_SUBMIT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["bundle"],
+    "properties": {"bundle": {"type": "string", "format": "binary", "description": "the bundle zip"},
+                   "spec": {"type": "string", "description": "the run spec as JSON (RunSpec)"}}}}}}}
 
 
 def _error(status: int, message: str) -> HTTPException:
@@ -169,7 +180,7 @@ def create_app(data_dir: str | Path, token: str | None = None, max_upload_mb: fl
         yield
         agent.stop()
 
-    # No /docs or /openapi.json: with a token set, nothing is served without it.
+    # /openapi.json is served by a route of its own below, behind the token like everything else; no /docs.
     app = FastAPI(title="edge-sdk agent", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.agent = agent
@@ -209,7 +220,11 @@ def create_app(data_dir: str | Path, token: str | None = None, max_upload_mb: fl
             raise _error(404, f"no job {job_id!r} on this agent")
         return job
 
-    @app.post("/v1/jobs", dependencies=guarded, status_code=202)
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.post("/v1/jobs", dependencies=guarded, status_code=202, openapi_extra=_SUBMIT_BODY)
     async def submit(request: Request) -> dict[str, Any]:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_bytes + (1 << 20):
@@ -268,21 +283,39 @@ async def _read_multipart(request: Request, dest: Path, max_bytes: int, max_uplo
 
 
 def _parse_spec(text: str) -> RunSpec:
+    if len(text) > MAX_SPEC_CHARS:
+        raise _error(413, f"'spec' is {len(text)} characters; a run spec is at most {MAX_SPEC_CHARS}")
     try:
         return RunSpec.model_validate(json.loads(text or "{}"))
     except json.JSONDecodeError as exc:
         raise _error(400, f"'spec' is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _error(400, "'spec' is nested too deeply to parse; a run spec is a flat JSON object") from None
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
         raise _error(422, f"invalid run spec: {problems}") from None
 
 
 def _intake(upload: Path, dest: Path, max_bytes: int, need_runtime: bool) -> dict[str, Any]:
+    """Unpack and check an upload. A check that itself trips on some input the checks above did not foresee
+    still refuses the upload (422 with the exception) instead of a 500; the traceback goes to the agent's log."""
     try:
         intake.unpack(upload, dest, max_bytes * UNPACK_FACTOR)
         return intake.check_bundle(dest, need_runtime=need_runtime)
     except intake.IntakeError as exc:
-        raise _error(exc.status, str(exc)) from None
+        raise _error(exc.status, scrub(str(exc), dest)) from None
+    except Exception as exc:
+        log.exception("an upload tripped the bundle checks")
+        raise _error(422, f"the bundle could not be checked ({type(exc).__name__}: {scrub(str(exc), dest)}); "
+                          "re-export it with sdk.export") from None
+
+
+def scrub(message: str, *folders: Path) -> str:
+    """A client-facing message without the agent's own paths (job folders, temporary folders)."""
+    message = _PRIVATE_PATH.sub("<agent>", message)
+    for folder in folders:
+        message = message.replace(str(folder), Path(folder).name)
+    return message
 
 
 def is_loopback(host: str) -> bool:
