@@ -264,9 +264,15 @@ def agent_serve(
     max_upload_mb: float = typer.Option(512.0, help="Largest bundle upload accepted"),
     adb_serial: Optional[str] = typer.Option(None, "--adb-serial", help="Drive this Android phone over adb"),
     runner: Optional[Path] = typer.Option(None, "--runner", help="Runner binary pushed to the phone (e.g. executor_runner)"),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate (PEM)"),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="Private key of --tls-cert (PEM)"),
+    max_queued: int = typer.Option(50, help="Jobs that may wait; beyond it submissions get 429 with Retry-After"),
+    min_free_mb: float = typer.Option(1024.0, help="Disk kept free; an upload that would eat into it gets 507"),
+    retention_days: float = typer.Option(30.0, help="Finished jobs and their results are deleted after this"),
+    max_memory_mb: Optional[float] = typer.Option(None, help="Memory limit of each benchmark process (default 80%% of RAM)"),
 ) -> None:
-    """Serve the agent: GET /v1/device, POST /v1/jobs, GET /v1/jobs/{id}."""
-    from sdk.agent.server import serve
+    """Serve the agent: GET /v1/device, POST /v1/jobs, GET /v1/jobs/{id}, POST /v1/jobs/{id}/cancel."""
+    from sdk.agent.server import Limits, serve
 
     phone = None
     if adb_serial:
@@ -276,7 +282,18 @@ def agent_serve(
             raise UserInputError("--adb-serial needs --runner: the binary that runs bundles on the phone "
                                  "(e.g. ExecuTorch's executor_runner built for arm64)")
         phone = Phone(serial=adb_serial, runner=str(runner))
-    serve(host, port, token, data_dir.expanduser(), max_upload_mb, phone=phone)
+    limits = Limits(max_upload_mb=max_upload_mb, max_queued=max_queued, min_free_mb=min_free_mb,
+                    retention_days=retention_days, max_memory_mb=max_memory_mb)
+    serve(host, port, token, data_dir.expanduser(), max_upload_mb, phone=phone, limits=limits,
+          ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
+
+
+@agent_app.command("token")
+def agent_token() -> None:
+    """Print a new random token (256 bits, URL-safe) for `edge-sdk agent serve --token`."""
+    import secrets
+
+    typer.echo(secrets.token_urlsafe(32))
 
 
 @app.command("bench")

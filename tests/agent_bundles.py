@@ -3,6 +3,7 @@ run by ONNX Runtime, written with the SDK's own BundleWriter. Each seed gives di
 result can be matched to the bundle that produced it."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -73,18 +74,22 @@ PLUGINS = Path(__file__).resolve().parent / "fixtures" / "agent_plugins"
 class AgentProcess:
     """A real agent (uvicorn) in a child process on 127.0.0.1, started as `edge-sdk agent serve` would."""
 
-    def __init__(self, data_dir: Path, token: str | None = None, max_upload_mb: float = 2.0, port: int | None = None):
-        self.data_dir, self.token, self.max_upload_mb = data_dir, token, max_upload_mb
+    def __init__(self, data_dir: Path, token: str | None = None, max_upload_mb: float = 2.0, port: int | None = None,
+                 **limits: float):
+        """`limits`: sdk.agent.server.Limits fields (max_queued, min_free_mb, retention_days, max_memory_mb)."""
+        self.data_dir, self.token, self.max_upload_mb, self.limits = data_dir, token, max_upload_mb, limits
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> AgentProcess:
-        code = ("import os; from sdk.agent.server import serve; "
+        code = ("import json, os; from sdk.agent.server import Limits, serve; "
+                "mb = float(os.environ['AGENT_MAX_MB']); "
                 "serve('127.0.0.1', int(os.environ['AGENT_PORT']), os.environ.get('AGENT_TOKEN') or None, "
-                "os.environ['AGENT_DATA'], float(os.environ['AGENT_MAX_MB']))")
+                "os.environ['AGENT_DATA'], mb, limits=Limits(max_upload_mb=mb, **json.loads(os.environ['AGENT_LIMITS'])))")
         env = dict(os.environ, AGENT_PORT=str(self.port), AGENT_TOKEN=self.token or "", AGENT_DATA=str(self.data_dir),
-                   AGENT_MAX_MB=str(self.max_upload_mb), PYTHONPATH=os.pathsep.join([str(REPO), str(PLUGINS)]),
+                   AGENT_MAX_MB=str(self.max_upload_mb), AGENT_LIMITS=json.dumps(self.limits),
+                   PYTHONPATH=os.pathsep.join([str(REPO), str(PLUGINS)]),
                    EDGE_SDK_TEST_PLUGINS="1")
         self.log = open(self.data_dir.parent / f"agent-{self.port}.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=self.log, stderr=subprocess.STDOUT)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sdk.agent.power import AndroidBatteryProbe, ProbeError, energy_report
+from sdk.agent.spec import RunSpec
 from sdk.artifact import load_artifact
 from sdk.errors import DeviceError
 from sdk.parity import compare
@@ -119,11 +120,15 @@ def parse_executor_runner(log: str) -> dict[str, Any]:
             "load_ms": float(loaded.group(1)) if loaded else None}
 
 
-def run_on_phone(bundle_dir: str | Path, phone: Phone, *, warmup: int = 3, iterations: int = 20,
-                 tolerance: Mapping[str, Any] | None = None, idle_s: float = 1.0,
-                 on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Benchmark one bundle on the phone; returns the same result layout as bench.run."""
+def run_on_phone(bundle_dir: str | Path, phone: Phone, spec: RunSpec | None = None, *,
+                 on_phase: Callable[[str], None] | None = None, **fields: Any) -> dict[str, Any]:
+    """Benchmark one bundle on the phone as `RunSpec.of(spec, **fields)` says (the runner runs a fixed count:
+    min_duration_s and target_ci_pct do not apply); returns the same result layout as bench.run."""
     from sdk.agent.bench import DEFAULT_TOLERANCE, latency_stats
+
+    run = RunSpec.of(spec, **fields)
+    warmup, iterations, tolerance = run.warmup, run.iterations, run.tolerance
+    idle_s = run.idle_s if run.energy else 0.0
 
     phase = on_phase or (lambda _: None)
     phase("verify")
@@ -141,9 +146,9 @@ def run_on_phone(bundle_dir: str | Path, phone: Phone, *, warmup: int = 3, itera
     phase("push")
     adb.shell(f"rm -rf {shlex.quote(remote)} && mkdir -p {shlex.quote(remote)}")
     with tempfile.TemporaryDirectory() as tmp:
-        for spec, array in zip(manifest["inputs"], inputs):
-            (Path(tmp) / f"{spec['name']}.bin").write_bytes(np.ascontiguousarray(array).tobytes())
-            adb.push(Path(tmp) / f"{spec['name']}.bin", f"{remote}/{spec['name']}.bin")
+        for tensor, array in zip(manifest["inputs"], inputs):
+            (Path(tmp) / f"{tensor['name']}.bin").write_bytes(np.ascontiguousarray(array).tobytes())
+            adb.push(Path(tmp) / f"{tensor['name']}.bin", f"{remote}/{tensor['name']}.bin")
     adb.push(artifact.model_path, f"{remote}/{model_name}")
     adb.push(phone.runner, f"{remote}/runner")
     adb.shell(f"chmod 755 {shlex.quote(remote)}/runner")
