@@ -143,6 +143,19 @@ def test_nan_bundle_fails_parity_through_the_agent(client, tmp_path):
     assert "NaN" in job["result"]["parity"]["failures"][0]
 
 
+def test_export_validated_on_the_agent_refuses_a_nan_model(agent, tmp_path, monkeypatch):
+    import torch
+    from test_parity_nan import LogOfShifted
+
+    import sdk
+    from sdk.errors import ParityError
+
+    monkeypatch.setenv("EDGE_SDK_AGENT_TOKEN", TOKEN)
+    with pytest.raises(ParityError, match="NaN"):
+        sdk.export(LogOfShifted().eval(), "intel-cpu", (torch.randn(1, 8),), output_dir=tmp_path, validate=agent.url)
+    assert not (tmp_path / "intel-cpu").exists()
+
+
 def test_failed_job_error_names_no_agent_path(agent, client, tmp_path):
     crash = make_bundle(tmp_path, 7, "crash", runtime="test-crash")
     job = client.wait(client.submit(crash, **QUICK), timeout=60)

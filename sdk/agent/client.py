@@ -2,6 +2,7 @@
 there is one; the httpx exception stays attached as its cause."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -142,7 +143,8 @@ class Client:
         try:
             job = self.wait(job_id, timeout=run.timeout_s + DEFAULT_WAIT_S if wait_s is None else wait_s)
         except AgentError:
-            self.cancel(job_id)
+            with contextlib.suppress(AgentError):  # it may have finished meanwhile (409) or the agent be gone
+                self.cancel(job_id)
             raise
         if job["status"] != "done":
             raise AgentError(f"benchmark job {job_id} {job['status']} on {self.url}: {job['error']}")

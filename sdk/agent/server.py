@@ -149,17 +149,17 @@ class _Agent:
                 self.purge()
 
     def _run(self, job_id: str) -> None:
-        job = self.store.get(job_id)
-        if job is None or not self.store.take(job_id):  # cancelled (or purged) while it waited
-            return
-        spec = RunSpec.from_dict(job["spec"])
-        memory = min(filter(None, (spec.max_memory_mb, self.memory_mb)), default=None)
-        phone = self.phone.to_dict() if spec.target == "phone" and self.phone else None
         cancel = threading.Event()
-        with self._current_lock:
+        with self._current_lock:  # before take(): a cancel arriving in between finds the job here
             self.current = (job_id, cancel)
-        log.info("job %s running", job_id)
         try:
+            job = self.store.get(job_id)
+            if job is None or not self.store.take(job_id):  # cancelled (or purged) while it waited
+                return
+            spec = RunSpec.from_dict(job["spec"])
+            memory = min(filter(None, (spec.max_memory_mb, self.memory_mb)), default=None)
+            phone = self.phone.to_dict() if spec.target == "phone" and self.phone else None
+            log.info("job %s running", job_id)
             result = bench.run_isolated(self.jobs_dir / job_id / "bundle", spec, max_memory_mb=memory,
                                         phone=phone, cancel=cancel)
         except bench.BenchmarkFailed as exc:
