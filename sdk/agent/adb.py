@@ -124,7 +124,7 @@ def run_on_phone(bundle_dir: str | Path, phone: Phone, spec: RunSpec | None = No
                  on_phase: Callable[[str], None] | None = None, **fields: Any) -> dict[str, Any]:
     """Benchmark one bundle on the phone as `RunSpec.of(spec, **fields)` says (the runner runs a fixed count:
     min_duration_s and target_ci_pct do not apply); returns the same result layout as bench.run."""
-    from sdk.agent.bench import DEFAULT_TOLERANCE, latency_stats
+    from sdk.agent.bench import DEFAULT_TOLERANCE, NOISY_CV, latency_stats
 
     run = RunSpec.of(spec, **fields)
     warmup, iterations, tolerance = run.warmup, run.iterations, run.tolerance
@@ -184,10 +184,10 @@ def run_on_phone(bundle_dir: str | Path, phone: Phone, spec: RunSpec | None = No
     phase("pull-outputs")
     with tempfile.TemporaryDirectory() as tmp:
         outputs = []
-        for i, spec in enumerate(manifest["outputs"]):
+        for i, tensor in enumerate(manifest["outputs"]):
             adb.pull(f"{remote}/out-{i}.bin", Path(tmp) / f"out-{i}.bin")
             raw = (Path(tmp) / f"out-{i}.bin").read_bytes()
-            outputs.append(np.frombuffer(raw, dtype=np.dtype(spec["dtype"])).reshape(spec["shape"]))
+            outputs.append(np.frombuffer(raw, dtype=np.dtype(tensor["dtype"])).reshape(tensor["shape"]))
     model = adb.shell("getprop ro.product.model").strip()
     release = adb.shell("getprop ro.build.version.release").strip()
     adb.shell(f"rm -rf {shlex.quote(remote)}")
@@ -200,7 +200,7 @@ def run_on_phone(bundle_dir: str | Path, phone: Phone, spec: RunSpec | None = No
         first_ms = None
         mean = timing["total_ms"] / timing["executions"]
         stats = {"p50": None, "p90": None, "p99": None, "mean": mean, "std": None, "min": None, "max": None,
-                 "n": timing["executions"], "note": "this runner prints only a total time; percentiles need a runner "
+                 "n": timing["executions"], "cv": None, "median_ci": None, "note": "this runner prints only a total time; percentiles need a runner "
                                                    "that logs 'Iteration i of N' (ExecuTorch 1.x or newer)"}
     energy = None
     if loop is not None and energy_reason is None:
@@ -227,4 +227,9 @@ def run_on_phone(bundle_dir: str | Path, phone: Phone, spec: RunSpec | None = No
         "parity": compare(outputs, reference, tolerance, [o["name"] for o in manifest["outputs"]]),
         "energy": energy,
         "energy_reason": energy_reason,
+        "spec": run.to_dict(),
+        "conditions": {"unavailable": "the phone's CPU governor, frequency and thermal zones are not read over adb "
+                                      "(the host's are not the phone's)"},
+        "warnings": [] if stats["cv"] is None or stats["cv"] <= NOISY_CV else
+                    [f"latency varies a lot between iterations (coefficient of variation {stats['cv']:.0%})"],
     }
