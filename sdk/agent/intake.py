@@ -211,7 +211,7 @@ class _TensorSpec(BaseModel):
 
 
 class _Tolerance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")  # a newer SDK's extra checks are not this agent's to refuse
     min_cosine: float | None = None
     max_abs_err: float | None = None
     min_top1_agreement: float | None = None
