@@ -43,7 +43,8 @@ def onnx_model(seed: int, features: int = 8, classes: int = 4, nan_bias: bool = 
 
 
 def make_bundle(out_dir: Path, seed: int = 0, name: str | None = None, runtime: str = "onnxruntime",
-                extra_files: dict[str, bytes] | None = None, reference_scale: float = 1.0, nan: bool = False) -> Path:
+                extra_files: dict[str, bytes] | None = None, reference_scale: float = 1.0, nan: bool = False,
+                device: str = "test-cpu") -> Path:
     """Write a bundle to out_dir/<name> and return its path; `extra_files` are listed in the manifest too.
     `nan`: the model outputs a NaN where its (finite) reference does not."""
     model = onnx_model(seed)
@@ -58,7 +59,7 @@ def make_bundle(out_dir: Path, seed: int = 0, name: str | None = None, runtime: 
         for rel, data in (extra_files or {}).items():
             (writer.staging / rel).parent.mkdir(parents=True, exist_ok=True)
             (writer.staging / rel).write_bytes(data)
-        writer.write_manifest(device="test-cpu", fmt="onnx", runtime=runtime, model_file="model.onnx",
+        writer.write_manifest(device=device, fmt="onnx", runtime=runtime, model_file="model.onnx",
                               inputs=[x], outputs=y, recipe=["fp32"], extra={"tolerance": {"min_cosine": 0.9999}})
         return writer.commit()
 
