@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sdk import devices
+from sdk.agent.spec import RunSpec
 from sdk.errors import SdkError, UserInputError
 
 app = typer.Typer(help="Export PyTorch models to validated, device-ready artifacts.", no_args_is_help=True,
@@ -265,9 +266,15 @@ def agent_serve(
     max_upload_mb: float = typer.Option(512.0, help="Largest bundle upload accepted"),
     adb_serial: Optional[str] = typer.Option(None, "--adb-serial", help="Drive this Android phone over adb"),
     runner: Optional[Path] = typer.Option(None, "--runner", help="Runner binary pushed to the phone (e.g. executor_runner)"),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate (PEM)"),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="Private key of --tls-cert (PEM)"),
+    max_queued: int = typer.Option(50, help="Jobs that may wait; beyond it submissions get 429 with Retry-After"),
+    min_free_mb: float = typer.Option(1024.0, help="Disk kept free; an upload that would eat into it gets 507"),
+    retention_days: float = typer.Option(30.0, help="Finished jobs and their results are deleted after this"),
+    max_memory_mb: Optional[float] = typer.Option(None, help="Memory limit of each benchmark process (default 80%% of RAM)"),
 ) -> None:
-    """Serve the agent: GET /v1/device, POST /v1/jobs, GET /v1/jobs/{id}."""
-    from sdk.agent.server import serve
+    """Serve the agent: GET /v1/device, POST /v1/jobs, GET /v1/jobs/{id}, POST /v1/jobs/{id}/cancel."""
+    from sdk.agent.server import Limits, serve
 
     phone = None
     if adb_serial:
@@ -277,7 +284,18 @@ def agent_serve(
             raise UserInputError("--adb-serial needs --runner: the binary that runs bundles on the phone "
                                  "(e.g. ExecuTorch's executor_runner built for arm64)")
         phone = Phone(serial=adb_serial, runner=str(runner))
-    serve(host, port, token, data_dir.expanduser(), max_upload_mb, phone=phone)
+    limits = Limits(max_upload_mb=max_upload_mb, max_queued=max_queued, min_free_mb=min_free_mb,
+                    retention_days=retention_days, max_memory_mb=max_memory_mb)
+    serve(host, port, token, data_dir.expanduser(), max_upload_mb, phone=phone, limits=limits,
+          ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
+
+
+@agent_app.command("token")
+def agent_token() -> None:
+    """Print a new random token (256 bits, URL-safe) for `edge-sdk agent serve --token`."""
+    import secrets
+
+    typer.echo(secrets.token_urlsafe(32))
 
 
 @app.command("bench")
@@ -285,8 +303,8 @@ def bench_cmd(
     bundles: list[Path] = typer.Argument(..., help="Bundle folder(s), e.g. out/intel-cpu"),
     agent: Optional[str] = typer.Option(None, "--agent", help="Agent URL; default: run here in a child process"),
     token: Optional[str] = typer.Option(None, envvar="EDGE_SDK_AGENT_TOKEN", help="Agent bearer token"),
-    warmup: int = typer.Option(10, help="Untimed iterations before timing"),
-    iterations: int = typer.Option(200, help="Timed iterations"),
+    warmup: int = typer.Option(RunSpec.warmup, help="Untimed iterations before timing"),
+    iterations: int = typer.Option(RunSpec.iterations, help="Timed iterations"),
     as_json: bool = typer.Option(False, "--json", help="Print the raw results as JSON"),
 ) -> None:
     """Measure bundles on a device through the agent: latency, load time, memory, parity, energy."""
@@ -302,19 +320,26 @@ def bench_cmd(
         console.print_json(json.dumps(results, default=str))
         return
     table = Table(title=f"Benchmark on {agent or 'this machine'} ({iterations} iterations)")
-    for col in ("bundle", "ran on", "load ms", "p50 ms", "p90 ms", "p99 ms", "peak RSS MB", "parity", "energy / inference"):
+    for col in ("bundle", "ran on", "load ms", "p50 ms [95% CI]", "p90 ms", "p99 ms", "n, CV", "peak RSS MB", "parity",
+                "energy / inference"):
         table.add_column(col)
     for bundle, r in zip(bundles, results):
         if not r.get("ran"):
-            table.add_row(str(bundle), f"[yellow]not run[/yellow]: {r.get('reason')}", *["-"] * 7)
+            table.add_row(str(bundle), f"[yellow]not run[/yellow]: {r.get('reason')}", *["-"] * 8)
             continue
         lat, parity = r["latency_ms"], r["parity"]
+        ci = lat.get("median_ci") or {}
+        p50 = f"{lat['p50']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else f"{lat['p50']:.3f}"
+        spread = f"{lat['n']}, {lat['cv']:.0%}" if lat.get("cv") is not None else str(lat["n"])
         per_mj = (r.get("energy") or {}).get("per_inference_mj")
         energy = f"{per_mj:.3f} mJ" if per_mj is not None else f"n/a: {(r.get('energy_reason') or 'at or below idle').split(':')[0]}"
-        table.add_row(str(bundle), r["ran_on"], f"{r['load_ms']:.1f}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
-                      f"{lat['p99']:.3f}", f"{r['peak_rss_mb']:.0f}",
+        table.add_row(str(bundle), r["ran_on"], f"{r['load_ms']:.1f}", p50, f"{lat['p90']:.3f}",
+                      f"{lat['p99']:.3f}", spread, f"{r['peak_rss_mb']:.0f}",
                       "[green]pass[/green]" if parity["passed"] else "[red]FAIL[/red]", energy)
     console.print(table)
+    for bundle, r in zip(bundles, results):
+        for warning in r.get("warnings") or []:
+            console.print(f"[yellow]{bundle}: {warning}[/yellow]")
     if any(r.get("ran") and not r["parity"]["passed"] for r in results):
         raise typer.Exit(1)
 
@@ -326,8 +351,8 @@ def test_cmd(
     token: Optional[str] = typer.Option(None, envvar="EDGE_SDK_AGENT_TOKEN", help="Agent bearer token"),
     device: Optional[str] = typer.Option(None, "--device", help="Profile whose budgets apply (default: each bundle's)"),
     junitxml: Optional[Path] = typer.Option(None, "--junitxml", help="Write JUnit XML here, for device-lab CI"),
-    warmup: int = typer.Option(10, help="Untimed iterations before timing"),
-    iterations: int = typer.Option(200, help="Timed iterations for latency, memory and energy"),
+    warmup: int = typer.Option(RunSpec.warmup, help="Untimed iterations before timing"),
+    iterations: int = typer.Option(RunSpec.iterations, help="Timed iterations for latency, memory and energy"),
     soak_iterations: int = typer.Option(1000, help="Iterations of the soak run (drift, memory growth)"),
     latency_budget_ms: Optional[float] = typer.Option(None, help="Latency p90 budget for every bundle"),
     memory_budget_mb: Optional[float] = typer.Option(None, help="Peak memory budget for every bundle"),

@@ -107,7 +107,7 @@ class _PhoneAgent:
         timeout_s = spec.pop("timeout_s", 600.0)  # `target` was dropped by DeviceWorker: the phone is the target
         spec.pop("check_bad_input", None)  # the phone runner has no way to feed a wrong shape
         with as_folder(bundle) as folder:
-            result = bench.run_isolated(folder, timeout_s=timeout_s, target=self.phone.to_dict(), **spec)
+            result = bench.run_isolated(folder, timeout_s=timeout_s, phone=self.phone.to_dict(), **spec)
         return BenchmarkResult({**result, "agent": self.url})
 
 
