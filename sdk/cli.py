@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdk import devices
+from sdk import devices, preflight
 from sdk.errors import SdkError, UserInputError
 
 app = typer.Typer(help="Export PyTorch models to validated, device-ready artifacts.", no_args_is_help=True,
@@ -85,7 +85,10 @@ def _load_attr(spec: str, what: str) -> Any:
     else:
         module = importlib.import_module(target)
     if not hasattr(module, attr):
-        raise UserInputError(f"{what}: {target} has no attribute {attr!r}")
+        defined = [n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
+                   and getattr(v, "__module__", None) == module.__name__]
+        raise UserInputError(f"{what}: {target} has no attribute {attr!r}; it defines: "
+                             f"{', '.join(defined) or 'no functions or classes'}")
     return getattr(module, attr), module
 
 
@@ -166,6 +169,8 @@ def export_cmd(
                                                "the most sensitive layers stay in float until it is met"),
 ) -> None:
     """Export a model to one or more devices and print a summary table."""
+    targets = preflight.check_cli_export(model, device, recipe=recipe, calibration=calibration, out=out,
+                                         min_cosine=min_cosine, agent=agent)  # before torch and the model load
     import sdk
 
     net, inputs = _model_and_inputs(model, shape)
@@ -173,7 +178,6 @@ def export_cmd(
     if calibration:
         calib, _ = _load_attr(calibration, "calibration")
         calib = calib() if callable(calib) else calib
-    targets = [p.id for p in devices.list()] if [d.lower() for d in device] == ["all"] else [devices.get(d).id for d in device]
     tolerance = sdk.Tolerance(min_cosine=min_cosine) if min_cosine is not None else None
     rows, failed = [], 0
     logger = logging.getLogger("sdk")

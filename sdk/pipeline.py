@@ -13,7 +13,7 @@ import torch
 import converters
 from converters.base import ConversionJob, ConversionResult
 from converters.passes.metrics import count_macs, count_params
-from sdk import devices, quantization, recipes
+from sdk import preflight, quantization, recipes
 from sdk.artifact import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
 from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
@@ -60,7 +60,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     ('jetson-orin-nano', True)
     """
     started = time.perf_counter()
-    profile = devices.get(device)
+    profile = preflight.check_export(device, recipe=recipe, calibration=calibration, tolerance=tolerance,
+                                     output_dir=output_dir, validate=validate)  # torch-free checks, before the model
     inputs = _check_inputs(model, example_inputs)
     original = copy.deepcopy(model).eval()  # never change the caller's model (mode, weights)
     reference_out = _run_model(original, inputs, check=True)
