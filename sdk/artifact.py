@@ -59,6 +59,14 @@ class Artifact:
     manifest: dict[str, Any]
     report: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return f"Artifact(device={self.device!r}, format={self.format!r}, path='{self.path}', size={self.size_bytes} B)"
+
+    def _repr_html_(self) -> str:
+        from sdk.report_html import card
+
+        return card(self.report or self.manifest, self.path)
+
     @property
     def device(self) -> str:
         return self.manifest["device"]

@@ -13,7 +13,7 @@ import torch
 import converters
 from converters.base import ConversionJob, ConversionResult
 from converters.passes.metrics import count_macs, count_params
-from sdk import preflight, quantization, recipes
+from sdk import preflight, quantization, recipes, report_html
 from sdk.artifact import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
 from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
@@ -38,6 +38,9 @@ class ExportResult:
         parity = self.report.get("parity", {})
         return (f"ExportResult(device={self.artifact.device!r}, format={self.artifact.format!r}, "
                 f"path='{self.artifact.path}', size={self.artifact.size_bytes} B, parity_passed={parity.get('passed')})")
+
+    def _repr_html_(self) -> str:
+        return report_html.card(self.report, self.artifact.path)
 
 
 def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: Sequence[torch.Tensor], *,
@@ -132,6 +135,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
                 "Try a gentler recipe (e.g. fp32/fp16, int8 with tolerance= to keep sensitive layers in float) "
                 "or a looser sdk.Tolerance if this error is expected.", parity)
         writer.write_report(report)
+        report_html.write(writer.staging, report, manifest)
         final = writer.commit()
     log.info("bundle written to %s", final)
     return ExportResult(artifact=load_artifact(final), report=report)

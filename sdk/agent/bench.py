@@ -238,6 +238,7 @@ def run(bundle_dir: str | Path, *, warmup: int = 3, iterations: int = 20,
         "load_ms": load_ms,
         "first_inference_ms": first_ms,
         "latency_ms": stats,
+        "latency_samples_ms": [round(s, 5) for s in samples],  # the raw distribution, kept in the bundle's report
         "throughput_ips": 1e3 / stats["mean"] if stats["mean"] > 0 else None,
         "peak_rss_mb": round(peak_rss_mb(), 2),
         "baseline_rss_mb": round(baseline_mb, 2) if baseline_mb is not None else None,
