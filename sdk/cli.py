@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -20,6 +21,7 @@ from rich.table import Table
 
 from sdk import devices, preflight
 from sdk.errors import SdkError, UserInputError
+from sdk.summary import DeviceOutcome, compact_lines, write_summary
 
 app = typer.Typer(help="Export PyTorch models to validated, device-ready artifacts.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -179,7 +181,7 @@ def export_cmd(
         calib, _ = _load_attr(calibration, "calibration")
         calib = calib() if callable(calib) else calib
     tolerance = sdk.Tolerance(min_cosine=min_cosine) if min_cosine is not None else None
-    rows, failed = [], 0
+    outcomes: list[DeviceOutcome] = []
     logger = logging.getLogger("sdk")
     logger.setLevel(logging.INFO)
     with console.status("starting") as status, _toolchain_output(keep=_state["debug"]):
@@ -190,22 +192,32 @@ def export_cmd(
                 try:
                     res = sdk.export(net, target, inputs, recipe=recipe, calibration=calib, output_dir=out,
                                      validate=agent or validate, tolerance=tolerance)
-                    rows.append(_summary_row(res.report, res.artifact.path))
+                    outcomes.append(DeviceOutcome.from_report(res.report, res.artifact.path))
                 except SdkError as exc:
                     if len(targets) == 1:
                         raise
-                    failed += 1
-                    rows.append([target, devices.get(target).format, "-", "[red]failed[/red]", "-", str(exc)[:200]])
+                    outcomes.append(DeviceOutcome.from_error(target, devices.get(target).format, exc))
         finally:
             logger.removeHandler(handler)
-    table = Table(title=f"Export of {model}")
-    for col in ("device", "format", "size", "parity", "latency p50 (host)", "bundle / error"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    if failed:
+    _print_outcomes(model, outcomes, out)
+    if not all(o.ok for o in outcomes):
         raise typer.Exit(1)
+
+
+def _print_outcomes(model: str, outcomes: list[DeviceOutcome], out: Path) -> None:
+    """One line per device, the long reasons once below; several devices also get out/summary.{json,html}."""
+    lines, notes = compact_lines(outcomes)
+    console.print(f"export of {model} (latency p50 where each bundle ran, see notes)", highlight=False)
+    for line in lines:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    for i, note in enumerate(notes, 1):
+        console.print(textwrap.fill(note, width=min(console.width, 80), initial_indent=f"[{i}] ",
+                                    subsequent_indent="    "), highlight=False, markup=False, soft_wrap=True)
+    where = f"bundles in {out}/ with report.html in each"
+    if len(outcomes) > 1:
+        _, page = write_summary(out, outcomes, f"export of {model}")
+        where += f"; summary: {page} and {page.with_suffix('.json').name}"
+    console.print(where, highlight=False, markup=False, soft_wrap=True)
 
 
 def _fmt_size(n: int) -> str:
@@ -250,9 +262,28 @@ def inspect_cmd(path: Path = typer.Argument(..., help="Bundle folder, e.g. out/a
         table.add_row("parity", row[3])
         table.add_row("host latency p50", row[4])
         cov = r.get("coverage")
-        table.add_row("coverage", json.dumps(cov) if cov else f"unknown: {r.get('coverage_reason')}")
+        table.add_row("coverage", _coverage_table(cov) if cov else f"unknown: {r.get('coverage_reason')}")
+        if (path / "report.html").is_file():
+            table.add_row("report", f"{path / 'report.html'} (plots: latency, sensitivity, coverage, size)")
         table.add_row("verdict", f"{r['verdict']['status']}: " + ", ".join(f"{k}={v}" for k, v in r["verdict"]["checks"].items()))
     console.print(table)
+
+
+def _coverage_table(cov: dict) -> Table:
+    """Delegate coverage as rows: what ran on the delegate, then each op that fell back with its count and reason."""
+    table = Table(show_header=True, box=None, pad_edge=False)
+    for col in ("where", "nodes", "why"):
+        table.add_column(col)
+    table.add_row(", ".join(cov.get("delegates") or []) or "delegate", str(cov.get("delegated_nodes", "-")),
+                  f"{cov['delegated_fraction']:.1%} of the graph" if "delegated_fraction" in cov else "")
+    reasons = cov.get("non_delegated_reasons") or {}
+    for op, n in sorted((cov.get("non_delegated_ops") or {}).items(), key=lambda kv: -kv[1]):
+        table.add_row(f"fell back: {op}", str(n), str(reasons.get(op, "")))
+    for key, value in cov.items():
+        if key not in ("delegates", "delegated_nodes", "delegated_fraction", "non_delegated_ops",
+                       "non_delegated_reasons", "non_delegated_nodes"):
+            table.add_row(key.replace("_", " "), str(value), "")
+    return table
 
 
 agent_app = typer.Typer(help="Run the test agent on a device.", no_args_is_help=True)
