@@ -13,7 +13,7 @@ import torch
 import converters
 from converters.base import ConversionJob, ConversionResult
 from converters.passes.metrics import count_macs, count_params
-from sdk import preflight, quantization, recipes, report_html
+from sdk import hf, preflight, quantization, recipes, report_html
 from sdk.artifact import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
 from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
@@ -43,18 +43,19 @@ class ExportResult:
         return report_html.card(self.report, self.artifact.path)
 
 
-def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: Sequence[torch.Tensor], *,
+def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: Sequence[torch.Tensor] | None = None, *,
            recipe: str | recipes.Config | Sequence[str | recipes.Config] | None = None,
            calibration: Iterable[Any] | None = None, tolerance: recipes.Tolerance | None = None,
            output_dir: str | Path = "out", validate: bool | str = True,
-           eval_data: Iterable[Any] | None = None) -> ExportResult:
+           eval_data: Iterable[Any] | None = None, task: str | None = None) -> ExportResult:
     """Compress, convert and validate `model` for `device`; write the bundle to `<output_dir>/<device-id>/`.
 
     `recipe` is a list of configs or their strings (default: the profile's default recipe);
     `calibration` an iterable of input tuples (a DataLoader works); quantized recipes are checked on
     `eval_data`, else on the last 20% of `calibration`; with a `tolerance`, the most sensitive layers
     are kept in float until it is met. `validate` is True (run the bundle here, where its runtime
-    exists), False (skip; the report says so) or an agent URL.
+    exists), False (skip; the report says so) or an agent URL. A Hugging Face model takes `task=` (see sdk.hf),
+    which builds example_inputs from its config when none are given.
 
     >>> import sdk, torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
@@ -65,6 +66,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     started = time.perf_counter()
     profile = preflight.check_export(device, recipe=recipe, calibration=calibration, tolerance=tolerance,
                                      output_dir=output_dir, validate=validate)  # torch-free checks, before the model
+    model, example_inputs, task_info = hf.prepare(model, example_inputs, task)
     inputs = _check_inputs(model, example_inputs)
     original = copy.deepcopy(model).eval()  # never change the caller's model (mode, weights)
     reference_out = _run_model(original, inputs, check=True)
@@ -116,7 +118,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
             device=profile.id, fmt=profile.format, runtime=profile.runtime, model_file=result.model_file,
             inputs=np_inputs, outputs=np_outputs, recipe=plan.to_strings(),
             runtime_options={**profile.converter, **result.runtime_options},
-            extra={"tolerance": tol.to_dict()})
+            extra={"tolerance": tol.to_dict(), **task_info})
 
         log.info("validating %s", profile.id)
         t0 = time.perf_counter()
