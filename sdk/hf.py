@@ -116,7 +116,7 @@ def prepare(model: Any, example_inputs: Sequence[torch.Tensor] | None, task: str
                                  f"{type(model).__name__}: leave task out and give example_inputs")
     if task is None:
         raise InvalidInputsError(f"{type(model).__name__} is a Hugging Face model: give task= (one of "
-                                 f"{', '.join(TASKS)}) so the SDK knows which inputs it takes and which outputs to keep")
+                                 f"{', '.join(TASKS)}): it says which inputs the model takes and which outputs to keep")
     spec = _spec(task, model)
     if example_inputs is None:
         example_inputs = _example(spec, model.config)
