@@ -142,7 +142,7 @@ def load_artifact(path: str | Path) -> Artifact:
 
 
 class BundleWriter:
-    """Stage a bundle in `<output_dir>/.<name>.partial-*` and move it to `<output_dir>/<name>` on `commit`.
+    """Stage a bundle in `<output_dir>/.<name>.partial-<pid>-*` and move it to `<output_dir>/<name>` on `commit`.
 
     Used as a context manager: leaving the block without `commit` (an error) deletes the staging folder.
     """
@@ -152,7 +152,7 @@ class BundleWriter:
         self.final = self.output_dir / name
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=self.output_dir))
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-{os.getpid()}-", dir=self.output_dir))
         except OSError as exc:
             raise OutputDirError(f"cannot write to output folder {self.output_dir}: {exc.strerror or exc}. "
                                  "Pick a writable folder with output_dir=... (CLI: --out).") from None

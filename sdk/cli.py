@@ -13,14 +13,15 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdk import devices, preflight
+from sdk import devices, preflight, recipe_file
 from sdk.errors import SdkError, UserInputError
+from sdk.progress import Progress, key_for, quiet_third_party_bars
 from sdk.summary import DeviceOutcome, compact_lines, write_summary
 
 app = typer.Typer(help="Export PyTorch models to validated, device-ready artifacts.", no_args_is_help=True,
@@ -146,31 +147,31 @@ def _toolchain_output(keep: bool):
             os.close(saved)
 
 
-class _StatusHandler(logging.Handler):
-    """Mirror the SDK's progress log lines into a Rich status spinner."""
-
-    def __init__(self, update: Callable[[str], None]):
-        super().__init__(logging.INFO)
-        self.update = update
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.update(record.getMessage())
-
-
-@app.command("export")
+@app.command("export", epilog="Examples:\n\n  edge-sdk export samples.mobilenet_v2:build --device android --out out/\n\n"
+             "  edge-sdk export my_model.py:build -d intel-cpu -d jetson --recipe int8 --calibration my_data.py:loader"
+             "\n\n  edge-sdk export --config recipe.toml")
 def export_cmd(
-    model: str = typer.Argument(..., help="Model factory: path/to/file.py:build (returns an nn.Module or (model, inputs))"),
-    device: list[str] = typer.Option(..., "--device", "-d", help="Device id or alias; repeat, or 'all'"),
-    out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder; bundles go to OUT/<device-id>/"),
+    model: Optional[str] = typer.Argument(None, help="Model factory: path/to/file.py:build or package.module:build "
+                                          "(returns an nn.Module or (model, inputs))"),
+    device: list[str] = typer.Option([], "--device", "-d", help="Device id or alias; repeat, or 'all'"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default out); bundles go to OUT/<device-id>/"),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Comma-separated recipe, e.g. lowrank:0.5,distill,int8"),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration data: file.py:loader (iterable of input tuples)"),
     shape: list[str] = typer.Option([], "--shape", help="Input shape like 1x3x224x224 (repeat per input)"),
-    validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the artifact here and check parity"),
+    validate: Optional[bool] = typer.Option(None, "--validate/--no-validate", help="Run the artifact here and check parity (default: yes)"),
     agent: Optional[str] = typer.Option(None, "--agent", help="Validate on a remote agent at this URL instead of here"),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Parity tolerance; with a quantized recipe "
                                                "the most sensitive layers stay in float until it is met"),
+    config: Optional[Path] = typer.Option(None, "--config", help="A TOML file with any of these options (model, "
+                                          "device, recipe, calibration, ...); flags given here win"),
 ) -> None:
-    """Export a model to one or more devices and print a summary table."""
+    """Export a model to one or more devices: one line per device, report.html in each bundle."""
+    spec = recipe_file.merge(config, model=model, device=device, out=out, recipe=recipe, calibration=calibration,
+                             shape=shape, validate=validate, agent=agent, min_cosine=min_cosine)
+    model, device, out, recipe, calibration, shape, agent, min_cosine = (
+        spec.model, list(spec.device), Path(spec.out or "out"), spec.recipe, spec.calibration, list(spec.shape),
+        spec.agent, spec.min_cosine)
+    validate = spec.validate is not False
     targets = preflight.check_cli_export(model, device, recipe=recipe, calibration=calibration, out=out,
                                          min_cosine=min_cosine, agent=agent)  # before torch and the model load
     import sdk
@@ -182,23 +183,20 @@ def export_cmd(
         calib = calib() if callable(calib) else calib
     tolerance = sdk.Tolerance(min_cosine=min_cosine) if min_cosine is not None else None
     outcomes: list[DeviceOutcome] = []
-    logger = logging.getLogger("sdk")
-    logger.setLevel(logging.INFO)
+    interactive = console.is_terminal
     with console.status("starting") as status, _toolchain_output(keep=_state["debug"]):
-        handler = _StatusHandler(lambda msg: status.update(msg))
-        logger.addHandler(handler)
-        try:
-            for target in targets:
-                try:
+        for target in targets:
+            try:
+                with Progress(key_for(target, recipe), show=status.update) as tracker:
                     res = sdk.export(net, target, inputs, recipe=recipe, calibration=calib, output_dir=out,
                                      validate=agent or validate, tolerance=tolerance)
-                    outcomes.append(DeviceOutcome.from_report(res.report, res.artifact.path))
-                except SdkError as exc:
-                    if len(targets) == 1:
-                        raise
-                    outcomes.append(DeviceOutcome.from_error(target, devices.get(target).format, exc))
-        finally:
-            logger.removeHandler(handler)
+                if interactive:  # the estimate's history is this user's own runs at a terminal
+                    tracker.done(res.report["timings_s"]["total_s"])
+                outcomes.append(DeviceOutcome.from_report(res.report, res.artifact.path))
+            except SdkError as exc:
+                if len(targets) == 1:
+                    raise
+                outcomes.append(DeviceOutcome.from_error(target, devices.get(target).format, exc))
     _print_outcomes(model, outcomes, out)
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)
@@ -401,6 +399,10 @@ def _quiet_toolchains() -> None:
     warnings.filterwarnings("ignore")
     for name in _TOOLCHAIN_LOGGERS:
         logging.getLogger(None if name == "root" else name).setLevel(logging.ERROR)
+    quiet_third_party_bars()
+
+
+ABORTED = 130  # the shell's exit status for SIGINT
 
 
 def main() -> None:
@@ -409,6 +411,8 @@ def main() -> None:
         _quiet_toolchains()
     try:
         code = app(standalone_mode=False)  # without standalone mode, typer.Exit(n) comes back as a return value
+        if code == ABORTED:  # typer turns Ctrl-C into exit code 130
+            raise KeyboardInterrupt
         if isinstance(code, int) and code:
             sys.exit(code)
     except SdkError as exc:
@@ -419,8 +423,9 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
+        err_console.print("aborted, nothing written for the export in progress (its staging folder was removed; "
+                          "bundles finished before it are kept)", highlight=False)
+        sys.exit(ABORTED)
     except Exception as exc:  # click usage errors have their own display
         import click
 

@@ -13,11 +13,12 @@ import torch
 import converters
 from converters.base import ConversionJob, ConversionResult
 from converters.passes.metrics import count_macs, count_params
-from sdk import hf, preflight, quantization, recipes, report_html
+from sdk import bundle_fs, hf, preflight, quantization, recipes, report_html
 from sdk.artifact import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
 from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
                         UnsupportedRecipeError)
+from sdk.progress import with_progress
 from sdk.report import build_report
 from sdk.validate import validate_bundle
 
@@ -43,6 +44,7 @@ class ExportResult:
         return report_html.card(self.report, self.artifact.path)
 
 
+@with_progress
 def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: Sequence[torch.Tensor] | None = None, *,
            recipe: str | recipes.Config | Sequence[str | recipes.Config] | None = None,
            calibration: Iterable[Any] | None = None, tolerance: recipes.Tolerance | None = None,
@@ -55,7 +57,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     `eval_data`, else on the last 20% of `calibration`; with a `tolerance`, the most sensitive layers
     are kept in float until it is met. `validate` is True (run the bundle here, where its runtime
     exists), False (skip; the report says so) or an agent URL. A Hugging Face model takes `task=` (see sdk.hf),
-    which builds example_inputs from its config when none are given.
+    which builds example_inputs from its config when none are given. `progress=True` shows the stage, the time so
+    far and an estimate on stderr.
 
     >>> import sdk, torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
@@ -66,6 +69,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     started = time.perf_counter()
     profile = preflight.check_export(device, recipe=recipe, calibration=calibration, tolerance=tolerance,
                                      output_dir=output_dir, validate=validate)  # torch-free checks, before the model
+    bundle_fs.clean_stale_partials(output_dir, profile.id)  # left by a killed export
     model, example_inputs, task_info = hf.prepare(model, example_inputs, task)
     inputs = _check_inputs(model, example_inputs)
     original = copy.deepcopy(model).eval()  # never change the caller's model (mode, weights)
@@ -139,6 +143,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
         writer.write_report(report)
         report_html.write(writer.staging, report, manifest)
         final = writer.commit()
+        bundle_fs.apply_umask(final)
     log.info("bundle written to %s", final)
     return ExportResult(artifact=load_artifact(final), report=report)
 
