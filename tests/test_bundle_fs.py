@@ -40,8 +40,8 @@ def _export(out: Path) -> Path:
 def test_ctrl_c_says_nothing_was_written_and_leaves_nothing(tmp_path):
     (tmp_path / "slow.py").write_text(SLOW_TO_CAPTURE)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "sdk.cli", "export", "slow.py:build", "-d", "jetson", "--out", "out"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-m", "sdk.cli", "export", "slow.py:build", "-d", "jetson", "--out", "out"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
         while not list((tmp_path / "out").glob(".jetson-orin-nano.partial-*")):
