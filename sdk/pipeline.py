@@ -13,7 +13,7 @@ import torch
 import converters
 from converters.base import ConversionJob, ConversionResult
 from converters.passes.metrics import count_macs, count_params
-from sdk import bundle_fs, hf, preflight, quantization, recipes, report_html
+from sdk import bundle_fs, explain, hf, preflight, quantization, recipes, report_html
 from sdk.artifact import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
 from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
@@ -135,11 +135,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
                               conversion=result, validation=validation, passes=passes_report, timings=timings)
         parity = report["parity"]
         if parity.get("passed") is False:
-            raise ParityError(
-                f"{profile.id}: the {profile.format} artifact ({', '.join(plan.to_strings())}) does not match the fp32 "
-                f"model on {parity.get('ran_on')}: {'; '.join(parity.get('failures', []))}. No bundle was written. "
-                "Try a gentler recipe (e.g. fp32/fp16, int8 with tolerance= to keep sensitive layers in float) "
-                "or a looser sdk.Tolerance if this error is expected.", parity)
+            raise ParityError(explain.parity_failure(report, user_tolerance=tolerance is not None), parity)
         writer.write_report(report)
         report_html.write(writer.staging, report, manifest)
         final = writer.commit()
