@@ -52,7 +52,7 @@ def devices_list(ctx: typer.Context) -> None:
     console.print(table)
 
 
-@devices_app.command("show")
+@devices_app.command("show", epilog="Example:\n\n  edge-sdk devices show jetson")
 def devices_show(name: str = typer.Argument(..., help="Device id or alias, e.g. jetson")) -> None:
     """Show one profile in full, with the sources of its figures."""
     profile = devices.get(name)
@@ -147,18 +147,20 @@ def _toolchain_output(keep: bool):
             os.close(saved)
 
 
-@app.command("export", epilog="Examples:\n\n  edge-sdk export samples.mobilenet_v2:build --device android --out out/\n\n"
+@app.command("export", epilog="Examples:\n\n  edge-sdk export samples.mobilenet_v2:build -d android --out out/\n\n"
              "  edge-sdk export my_model.py:build -d intel-cpu -d jetson --recipe int8 --calibration my_data.py:loader"
              "\n\n  edge-sdk export --config recipe.toml")
 def export_cmd(
     model: Optional[str] = typer.Argument(None, help="Model factory: path/to/file.py:build or package.module:build "
                                           "(returns an nn.Module or (model, inputs))"),
     device: list[str] = typer.Option([], "--device", "-d", help="Device id or alias; repeat, or 'all'"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default out); bundles go to OUT/<device-id>/"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Output folder (default out); bundles go to OUT/<device-id>/"),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Comma-separated recipe, e.g. lowrank:0.5,distill,int8"),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration data: file.py:loader (iterable of input tuples)"),
     shape: list[str] = typer.Option([], "--shape", help="Input shape like 1x3x224x224 (repeat per input)"),
-    validate: Optional[bool] = typer.Option(None, "--validate/--no-validate", help="Run the artifact here and check parity (default: yes)"),
+    validate: Optional[bool] = typer.Option(None, "--validate/--no-validate",
+                                            help="Run the artifact here and check parity (default: yes)"),
     agent: Optional[str] = typer.Option(None, "--agent", help="Validate on a remote agent at this URL instead of here"),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Parity tolerance; with a quantized recipe "
                                                "the most sensitive layers stay in float until it is met"),
@@ -234,7 +236,8 @@ def _summary_row(report: dict, path: Path) -> list[str]:
             f"{latency['p50']:.2f} ms" if latency else "-", str(path)]
 
 
-@app.command("inspect")
+@app.command("inspect", epilog="Examples:\n\n  edge-sdk inspect out/android-arm64/\n\n"
+             "  edge-sdk inspect out/android-arm64/ --json")
 def inspect_cmd(path: Path = typer.Argument(..., help="Bundle folder, e.g. out/android-arm64/"),
                 as_json: bool = typer.Option(False, "--json", help="Print manifest and report as JSON")) -> None:
     """Show a bundle's manifest and report, after checking its files against their sha256."""
@@ -288,7 +291,8 @@ agent_app = typer.Typer(help="Run the test agent on a device.", no_args_is_help=
 app.add_typer(agent_app, name="agent")
 
 
-@agent_app.command("serve")
+@agent_app.command("serve", epilog="Example (on the device):\n\n"
+                   "  edge-sdk agent serve --host 0.0.0.0 --port 8765 --token $TOKEN")
 def agent_serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on; anything beyond loopback needs --token"),
     port: int = typer.Option(8765, help="TCP port"),
@@ -312,7 +316,8 @@ def agent_serve(
     serve(host, port, token, data_dir.expanduser(), max_upload_mb, phone=phone)
 
 
-@app.command("bench")
+@app.command("bench", epilog="Examples:\n\n  edge-sdk bench out/intel-cpu\n\n"
+             "  edge-sdk bench out/jetson-orin-nano --agent http://jetson.local:8765")
 def bench_cmd(
     bundles: list[Path] = typer.Argument(..., help="Bundle folder(s), e.g. out/intel-cpu"),
     agent: Optional[str] = typer.Option(None, "--agent", help="Agent URL; default: run here in a child process"),
@@ -351,7 +356,8 @@ def bench_cmd(
         raise typer.Exit(1)
 
 
-@app.command("test")
+@app.command("test", epilog="Examples:\n\n  edge-sdk test out/intel-cpu\n\n"
+             "  edge-sdk test out/jetson-orin-nano --agent http://jetson.local:8765 --junitxml results.xml")
 def test_cmd(
     bundles: list[Path] = typer.Argument(..., help="Bundle folder(s), e.g. out/jetson-orin-nano"),
     agent: str = typer.Option("local", "--agent", help="Agent URL, e.g. http://jetson.local:8765; 'local' runs here"),

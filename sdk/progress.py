@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 __all__ = ["Progress", "with_progress", "history_file", "quiet_third_party_bars"]
 
 KEEP_RUNS = 5
+#: modules whose FutureWarning/DeprecationWarning an export hides (copyreg: torch's pytree pickling goes through it)
+TOOLCHAIN_MODULES = r"(torch|torchao|executorch|onnxscript|onnx|nncf|openvino|coremltools|litert_torch|copyreg)(\.|$)"
 
 
 def history_file() -> Path:
@@ -118,16 +121,21 @@ def key_for(device: Any, recipe: Any) -> str:
 
 
 def with_progress(export: Callable[..., Any]) -> Callable[..., Any]:
-    """Give `export` a `progress=False` keyword: True shows the stages on stderr and records the run's time."""
+    """Give `export` a `progress=False` keyword (True shows the stages on stderr and records the run's time), and
+    hide the toolchains' own FutureWarning/DeprecationWarning notices while it runs."""
     signature = inspect.signature(export)
 
     @functools.wraps(export)
     def wrapper(*args: Any, progress: bool = False, **kwargs: Any) -> Any:
-        if not progress:
-            return export(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
-        with Progress(key_for(bound.arguments.get("device"), bound.arguments.get("recipe"))) as tracker:
-            result = export(*args, **kwargs)
+        with warnings.catch_warnings():
+            # the toolchains' deprecation notices concern their own internals, not the caller's code
+            for category in (FutureWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category, module=TOOLCHAIN_MODULES)
+            if not progress:
+                return export(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            with Progress(key_for(bound.arguments.get("device"), bound.arguments.get("recipe"))) as tracker:
+                result = export(*args, **kwargs)
         tracker.done(result.report["timings_s"]["total_s"])
         return result
 
