@@ -1,7 +1,7 @@
 """report.html: the export report as a page a person reads, written beside report.json in every bundle.
 
 Sections: verdict, parity and metric, latency distribution (histogram and CDF from the raw samples, with
-percentiles), per-layer sensitivity and what was kept in float, delegate coverage by op, size breakdown, energy.
+percentiles), per-layer sensitivity and what was kept in float, delegate coverage by op, size by file, energy.
 Plots are drawn with matplotlib (the `report` extra) and embedded as base64 PNG, so the page is one self-contained
 file; without matplotlib the tables are still written and the page says why the plots are missing. Anything the
 report could not measure is shown with its reason, never left blank.
@@ -74,12 +74,13 @@ def plots_unavailable_reason() -> str | None:
 def _figure(width: float = 7.5, height: float = 2.8):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    # no constrained layout: it doubles the drawing cost, and every export draws these
+    return Figure(figsize=(width, height), dpi=80)
 
 
 def img(fig, alt: str) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
     data = base64.b64encode(buf.getvalue()).decode()
     return f'<img class="plot" alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
@@ -89,6 +90,7 @@ def latency_figure(samples_ms: Sequence[float], title: str = ""):
     a = np.sort(np.asarray(samples_ms, dtype=np.float64))
     fig = _figure()
     hist, cdf = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.18, top=0.9 if title else 0.95, wspace=0.28)
     hist.hist(a, bins=min(40, max(5, len(a) // 4)), color="#4c72b0")
     hist.set_xlabel("latency (ms)")
     hist.set_ylabel("runs")
@@ -108,6 +110,7 @@ def latency_figure(samples_ms: Sequence[float], title: str = ""):
 def bar_figure(labels: Sequence[str], values: Sequence[float], xlabel: str, colors: Sequence[str] | None = None):
     fig = _figure(7.5, max(1.6, 0.32 * len(labels) + 0.9))
     ax = fig.subplots()
+    fig.subplots_adjust(left=0.22, right=0.97, bottom=min(0.45, 0.6 / fig.get_figheight()), top=0.95)
     ax.barh(range(len(labels)), values, color=colors or "#4c72b0")
     ax.set_yticks(range(len(labels)), [str(label)[:40] for label in labels], fontsize=8)
     ax.invert_yaxis()
@@ -234,7 +237,7 @@ def _coverage(report: Mapping[str, Any], plots: bool) -> str:
     return "".join(out)
 
 
-def _size(report: Mapping[str, Any], manifest: Mapping[str, Any], plots: bool) -> str:
+def _size(report: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
     art = report.get("artifact") or {}
     model = report.get("model") or {}
     out = ["<h2>Size</h2>",
@@ -247,9 +250,6 @@ def _size(report: Mapping[str, Any], manifest: Mapping[str, Any], plots: bool) -
         reference = manifest.get("reference")
         out.append(table([[escape(f["path"]) + (" (check data, not shipped)" if f["path"] == reference else ""),
                             escape(f["bytes"])] for f in files], ["file", "bytes"]))
-        if plots and len(files) > 1:
-            out.append(img(bar_figure([f["path"] for f in files], [f["bytes"] / 1e3 for f in files], "kB"),
-                            "size by file"))
     return "".join(out)
 
 
@@ -269,7 +269,7 @@ def render(report: Mapping[str, Any], manifest: Mapping[str, Any] | None = None)
     if reason:
         body.append(f'<p class="note">plots left out: {escape(reason)}</p>')
     body += [_parity(report), _latency(report, plots), _sensitivity(report, plots), _coverage(report, plots),
-             _size(report, manifest or {}, plots), _energy(report)]
+             _size(report, manifest or {}), _energy(report)]
     notes = report.get("notes") or []
     if notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")

@@ -83,7 +83,7 @@ def test_report_html_renders_with_its_plots_in_chromium(exported, chromium, tmp_
                     "Size", "Energy", "not measured: no power probe"):
         assert section in page, section
     pixels, widths = _render(chromium, res.artifact.path / "report.html", tmp_path, 2400)
-    assert len(widths) == 3 and all(w > 0 for w in widths), widths  # latency, sensitivity, size by file
+    assert len(widths) == 2 and all(w > 0 for w in widths), widths  # latency, per-layer sensitivity
     assert pixels.std() > 20, "the screenshot is blank"
     assert _plot_pixels(pixels) > 5000, "the plots are not on the screenshot"
 
