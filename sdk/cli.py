@@ -22,7 +22,7 @@ from rich.table import Table
 from sdk import devices, preflight, recipe_file
 from sdk.errors import SdkError, UserInputError
 from sdk.progress import Progress, key_for, quiet_third_party_bars
-from sdk.summary import DeviceOutcome, compact_lines, write_summary
+from sdk.summary import WIDTH, DeviceOutcome, compact_lines, write_summary
 
 app = typer.Typer(help="Export PyTorch models to validated, device-ready artifacts.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -206,18 +206,23 @@ def export_cmd(
 
 def _print_outcomes(model: str, outcomes: list[DeviceOutcome], out: Path) -> None:
     """One line per device, the long reasons once below; several devices also get out/summary.{json,html}."""
+    width = min(console.width, WIDTH)
+
+    def say(text: str, indent: str = "") -> None:
+        console.print(textwrap.fill(text, width=width, subsequent_indent=indent or "  "), highlight=False,
+                      markup=False, soft_wrap=True)
+
     lines, notes = compact_lines(outcomes)
-    console.print(f"export of {model} (latency p50 where each bundle ran, see notes)", highlight=False)
+    say(f"export of {model} (p50 latency where each bundle ran: see the notes)")
     for line in lines:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     for i, note in enumerate(notes, 1):
-        console.print(textwrap.fill(note, width=min(console.width, 80), initial_indent=f"[{i}] ",
-                                    subsequent_indent="    "), highlight=False, markup=False, soft_wrap=True)
-    where = f"bundles in {out}/ with report.html in each"
+        say(f"[{i}] {note}", indent="    ")
+    where = f"bundles in {out}/, report.html in each"
     if len(outcomes) > 1:
         _, page = write_summary(out, outcomes, f"export of {model}")
         where += f"; summary: {page} and {page.with_suffix('.json').name}"
-    console.print(where, highlight=False, markup=False, soft_wrap=True)
+    say(where)
 
 
 def _fmt_size(n: int) -> str:

@@ -14,14 +14,23 @@ MODEL = ("import torch\ndef build():\n    torch.manual_seed(0)\n"
          "def example_inputs():\n    return (torch.randn(1, 6),)\n")
 
 
-def test_export_from_a_toml_recipe_with_a_flag_over_it(tmp_path, monkeypatch):
+def test_export_from_a_toml_recipe_with_flags_over_it_prints_80_columns(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "net.py").write_text(MODEL)
     (tmp_path / "recipe.toml").write_text('model = "net.py:build"\ndevice = "intel-cpu"\nrecipe = ["fp32"]\n'
                                           'out = "from-file"\n')
-    app(["export", "--config", "recipe.toml", "--device", "jetson"], standalone_mode=False)
-    manifest = json.loads((tmp_path / "from-file" / "jetson-orin-nano" / "manifest.json").read_text())
-    assert manifest["recipe"] == ["fp32"] and not (tmp_path / "from-file" / "intel-cpu").exists()
+    app(["export", "--config", "recipe.toml", "-d", "jetson", "-d", "jetson-agx-orin"], standalone_mode=False)
+    out = tmp_path / "from-file"
+    for device in ("jetson-orin-nano", "jetson-agx-orin"):
+        assert json.loads((out / device / "manifest.json").read_text())["recipe"] == ["fp32"]
+    assert not (out / "intel-cpu").exists()
+    printed = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in printed), printed
+    assert [line.split()[1] for line in printed if line.startswith("ok ")] == ["jetson-orin-nano", "jetson-agx-orin"]
+    assert sum("stand-in for TensorRT" in line for line in printed) == 1  # the shared reason, printed once
+    summary = json.loads((out / "summary.json").read_text())
+    assert [d["device"] for d in summary["devices"]] == ["jetson-orin-nano", "jetson-agx-orin"]
+    assert (out / "summary.html").is_file()
 
 
 @pytest.mark.parametrize(("text", "words"), [
