@@ -294,6 +294,7 @@ def _coverage_table(cov: dict) -> Table:
 
 agent_app = typer.Typer(help="Run the test agent on a device.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
+app.add_typer(importlib.import_module("sdk.farm.cli").farm_app, name="farm")
 
 
 @agent_app.command("serve", epilog="Example (on the device):\n\n"
@@ -375,6 +376,8 @@ def test_cmd(
     latency_budget_ms: Optional[float] = typer.Option(None, help="Latency p90 budget for every bundle"),
     memory_budget_mb: Optional[float] = typer.Option(None, help="Peak memory budget for every bundle"),
     energy_budget_mj: Optional[float] = typer.Option(None, help="Energy per inference budget for every bundle"),
+    farm: Optional[str] = typer.Option(None, "--farm", help="Run on every device of the farm at HEAD:6379 whose "
+                                       "profile matches a bundle; JUnit per device"),
 ) -> None:
     """Gate bundles on a device: load, parity, latency, memory, energy, soak and bad input, through its agent.
 
@@ -386,12 +389,13 @@ def test_cmd(
     if importlib.util.find_spec("pytest") is None:
         raise UserInputError("edge-sdk test runs the device suite with pytest, which is not installed here: "
                              "pip install pytest")
-    from device_tests.runner import run
+    from device_tests.runner import run, run_farm
 
-    code = run(bundles, agent=agent, token=token, device=device, junitxml=junitxml, warmup=warmup,
-               iterations=iterations, soak_iterations=soak_iterations, console=console,
-               budgets={"latency_p90_ms": latency_budget_ms, "memory_budget_mb": memory_budget_mb,
-                        "energy_mj_per_inference": energy_budget_mj})
+    options = dict(device=device, junitxml=junitxml, warmup=warmup, iterations=iterations,
+                   soak_iterations=soak_iterations, console=console,
+                   budgets={"latency_p90_ms": latency_budget_ms, "memory_budget_mb": memory_budget_mb,
+                            "energy_mj_per_inference": energy_budget_mj})
+    code = run_farm(bundles, farm, **options) if farm else run(bundles, agent=agent, token=token, **options)
     if code:
         raise typer.Exit(code)
 

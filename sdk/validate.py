@@ -22,8 +22,12 @@ def validate_bundle(bundle_dir: Path, validate: bool | str, tolerance: Tolerance
 
         result = Client(validate).benchmark(bundle_dir, tolerance=tolerance.to_dict()).to_dict()
         return {"mode": "agent", **result}
+    if callable(getattr(validate, "benchmark", None)):  # an agent object: a Client, a LocalAgent, an sdk.farm farm
+        result = validate.benchmark(bundle_dir, tolerance=tolerance.to_dict()).to_dict()
+        return {"mode": "agent", **result}
     if validate is not True:
-        raise UserInputError(f"validate must be True, False or an agent URL, got {validate!r}")
+        raise UserInputError(f"validate must be True, False, an agent URL or an agent (e.g. sdk.farm.connect(...)), "
+                             f"got {validate!r}")
     from sdk.agent.local import LocalAgent
 
     result = LocalAgent().benchmark(bundle_dir, warmup=HOST_WARMUP, iterations=HOST_ITERATIONS,

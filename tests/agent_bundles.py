@@ -38,7 +38,8 @@ def onnx_model(seed: int, features: int = 8, classes: int = 4) -> onnx.ModelProt
 
 
 def make_bundle(out_dir: Path, seed: int = 0, name: str | None = None, runtime: str = "onnxruntime",
-                extra_files: dict[str, bytes] | None = None, reference_scale: float = 1.0) -> Path:
+                extra_files: dict[str, bytes] | None = None, reference_scale: float = 1.0,
+                device: str = "test-cpu") -> Path:
     """Write a bundle to out_dir/<name> and return its path; `extra_files` are listed in the manifest too."""
     model = onnx_model(seed)
     x = np.random.default_rng(1000 + seed).standard_normal((1, 8)).astype(np.float32)
@@ -50,7 +51,7 @@ def make_bundle(out_dir: Path, seed: int = 0, name: str | None = None, runtime: 
         for rel, data in (extra_files or {}).items():
             (writer.staging / rel).parent.mkdir(parents=True, exist_ok=True)
             (writer.staging / rel).write_bytes(data)
-        writer.write_manifest(device="test-cpu", fmt="onnx", runtime=runtime, model_file="model.onnx",
+        writer.write_manifest(device=device, fmt="onnx", runtime=runtime, model_file="model.onnx",
                               inputs=[x], outputs=y, recipe=["fp32"], extra={"tolerance": {"min_cosine": 0.9999}})
         return writer.commit()
 
