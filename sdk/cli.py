@@ -22,7 +22,7 @@ from rich.table import Table
 from sdk import devices, preflight, recipe_file
 from sdk.errors import SdkError, UserInputError
 from sdk.progress import Progress, key_for, quiet_third_party_bars
-from sdk.summary import WIDTH, DeviceOutcome, compact_lines, write_summary
+from sdk.summary import WIDTH, DeviceOutcome, compact_lines, fmt_size, write_summary
 
 app = typer.Typer(help="Export PyTorch models to validated, device-ready artifacts.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -225,10 +225,6 @@ def _print_outcomes(model: str, outcomes: list[DeviceOutcome], out: Path) -> Non
     say(where)
 
 
-def _fmt_size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
-
-
 def _summary_row(report: dict, path: Path) -> list[str]:
     parity = report["parity"]
     if parity["passed"] is None:
@@ -237,7 +233,7 @@ def _summary_row(report: dict, path: Path) -> list[str]:
         cos = min(o["cosine"] for o in parity["outputs"])
         parity_text = f"{'[green]pass' if parity['passed'] else '[red]FAIL'}[/] cos={cos:.6f} ({parity['ran_on']})"
     latency = report["validation"].get("latency_ms")
-    return [report["device"], report["format"], _fmt_size(report["artifact"]["size_bytes"]), parity_text,
+    return [report["device"], report["format"], fmt_size(report["artifact"]["size_bytes"]), parity_text,
             f"{latency['p50']:.2f} ms" if latency else "-", str(path)]
 
 
@@ -258,7 +254,7 @@ def inspect_cmd(path: Path = typer.Argument(..., help="Bundle folder, e.g. out/a
     table.add_column("key", style="bold")
     table.add_column("value")
     table.add_row("device / format / runtime", f"{m['device']} / {m['format']} / {m['runtime']}")
-    table.add_row("model file", f"{m['model_file']} ({_fmt_size(art.size_bytes)}), files verified (sha256)")
+    table.add_row("model file", f"{m['model_file']} ({fmt_size(art.size_bytes)}), files verified (sha256)")
     table.add_row("recipe", ", ".join(m["recipe"]))
     for kind in ("inputs", "outputs"):
         table.add_row(kind, "\n".join(f"{t['name']}: {t['shape']} {t['dtype']}" for t in m[kind]))

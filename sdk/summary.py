@@ -20,7 +20,7 @@ from typing import Any
 
 from sdk import report_html
 
-__all__ = ["DeviceOutcome", "compact_lines", "write_summary", "SUMMARY_JSON", "SUMMARY_HTML"]
+__all__ = ["DeviceOutcome", "compact_lines", "fmt_size", "write_summary", "SUMMARY_JSON", "SUMMARY_HTML", "WIDTH"]
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_HTML = "summary.html"
@@ -62,7 +62,8 @@ class DeviceOutcome:
         return cls(device=device, format=fmt, ok=False, note=f"{type(error).__name__}: {error}")
 
 
-def _size(n: int | None) -> str:
+def fmt_size(n: int | None) -> str:
+    """Bytes as kB or MB, for people."""
     if n is None:
         return "-"
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
@@ -84,7 +85,7 @@ def compact_lines(outcomes: Sequence[DeviceOutcome]) -> tuple[list[str], list[st
     for o in outcomes:
         mark = "ok" if o.ok and o.parity_passed is not False else "FAIL"
         latency = f"{o.latency_p50_ms:8.3g} ms" if o.latency_p50_ms is not None else f"{'-':>11}"
-        line = f"{mark:<4} {o.device[:17]:<17} {o.format[:10]:<10} {_size(o.size_bytes):>9}  {_parity(o):<16} {latency}"
+        line = f"{mark:<4} {o.device[:17]:<17} {o.format[:10]:<10} {fmt_size(o.size_bytes):>9}  {_parity(o):<16} {latency}"
         if o.note:
             if o.note not in notes:
                 notes.append(o.note)
@@ -104,7 +105,7 @@ def _summary_html(outcomes: Sequence[DeviceOutcome], notes: Sequence[str], out_d
             link = f"<a href='{e(rel.as_posix())}/{report_html.REPORT_HTML}'>{e(rel.as_posix())}</a>"
         note = f"[{notes.index(o.note) + 1}]" if o.note in notes else ""
         rows.append([e(o.device), e(o.format), report_html.status(o.ok and o.parity_passed is not False),
-                     e(_size(o.size_bytes)), e(_parity(o)),
+                     e(fmt_size(o.size_bytes)), e(_parity(o)),
                      e(f"{o.latency_p50_ms:.3f} ms ({o.measured_where})" if o.latency_p50_ms is not None else "-"),
                      e(o.verdict or "-"), link, note])
     body = [f"<h1>{e(title)}</h1>",
