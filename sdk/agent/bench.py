@@ -228,6 +228,7 @@ def run(bundle_dir: str | Path, spec: RunSpec | None = None, *, probes: Sequence
         "ran": True,
         "runtime": artifact.runtime,
         "ran_on": session.ran_on,
+        "stand_in": getattr(session, "stand_in", None),
         "bundle": about,
         "host": {"hostname": platform.node(), "system": platform.system(), "machine": platform.machine()},
         "spec": spec.to_dict(),
@@ -236,6 +237,7 @@ def run(bundle_dir: str | Path, spec: RunSpec | None = None, *, probes: Sequence
         "load_ms": load_ms,
         "first_inference_ms": first_ms,
         "latency_ms": stats,
+        "latency_samples_ms": [round(s, 5) for s in samples],  # the raw distribution, kept in the bundle's report
         "throughput_ips": 1e3 / stats["mean"] if stats["mean"] > 0 else None,
         "peak_rss_mb": round(peak_rss_mb(), 2),
         "baseline_rss_mb": round(baseline_mb, 2) if baseline_mb is not None else None,

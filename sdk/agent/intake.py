@@ -278,7 +278,7 @@ def check_bundle(bundle_dir: Path, *, need_runtime: bool = True) -> dict[str, An
         _safe_name(entry["path"])
         listed.add(entry["path"])
     present = {p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file()}
-    extra = sorted(present - listed - {"manifest.json", "report.json"})
+    extra = sorted(present - listed - {"manifest.json", "report.json", "report.html"})
     if extra:
         raise IntakeError(422, f"bundle files not listed in manifest.json: {', '.join(extra[:5])}; every file must be "
                                "listed with its sha256 (re-export the bundle)")
