@@ -3,7 +3,8 @@
 Registered through the `pytest11` entry point, so its options and fixtures exist in every pytest session
 where edge-sdk is installed. It is inert unless `--bundle` is given: it imports no numpy, httpx or runtime
 (sdk.errors and tomllib at most), connects to no agent, and parametrizes no test. Fixtures for your own device tests:
-`agent` (sdk.agent.Client, or LocalAgent for `--agent local`), `bundle` (sdk.artifact.Artifact, one per
+`agent` (sdk.agent.Client, LocalAgent for `--agent local`, one farm device for
+`--agent farm://HEAD/DEVICE`), `bundle` (sdk.artifact.Artifact, one per
 `--bundle`), `device_profile` (sdk.devices.DeviceProfile), `device_budgets`, `device_label`.
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ from device_tests import checks
 
 __all__ = ["ResultsCollector"]
 
+#: --agent farm://HEAD:6379/DEVICE runs on that one device of a farm (what `edge-sdk test --farm` passes)
+FARM_SCHEME = "farm://"
 #: options that take a positive integer, with their defaults
 _COUNTS = {"--warmup": 10, "--iterations": 200, "--soak-iterations": 1000}
 
@@ -30,7 +33,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="bundle folder written by sdk.export to test on the device (repeat for several); "
                          "without one the plugin does nothing")
     group.addoption("--agent", dest="edge_agent", default="local", metavar="URL",
-                    help="agent URL, e.g. http://jetson.local:8765; 'local' (default) runs on this machine")
+                    help="agent URL, e.g. http://jetson.local:8765; 'local' (default) runs on this machine; "
+                         "farm://HEAD:6379/DEVICE: one device of a farm")
     group.addoption("--agent-token", dest="edge_agent_token", default=None, metavar="TOKEN",
                     help="the agent's bearer token (default: $EDGE_SDK_AGENT_TOKEN)")
     group.addoption("--agent-target", dest="edge_agent_target", default="auto", choices=("auto", "local", "phone"),
@@ -110,6 +114,12 @@ def agent(pytestconfig: pytest.Config) -> Iterator[Any]:
         from sdk.agent import LocalAgent
 
         yield LocalAgent()
+        return
+    if url.startswith(FARM_SCHEME):  # one device of a farm: farm://HEAD:6379/DEVICE
+        from sdk.farm import connect
+
+        address, _, device = url.removeprefix(FARM_SCHEME).partition("/")
+        yield connect(address).pin(device)
         return
     from sdk.agent import Client
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -15,9 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from device_tests.config import BUDGETS
-from device_tests.plugin import ResultsCollector
+from device_tests.plugin import FARM_SCHEME, ResultsCollector
 
-__all__ = ["SUITE", "pytest_args", "run"]
+__all__ = ["SUITE", "pytest_args", "run", "run_farm"]
 
 SUITE = Path(__file__).resolve().parent
 MODULES = ("test_device.py", "test_soak.py", "test_bad_input.py")
@@ -75,3 +76,34 @@ def run(bundles: Sequence[str | Path], *, agent: str = "local", token: str | Non
     for error in collector.errors:
         console.print(f"[red]error[/red] {error}", highlight=False)
     return int(code)
+
+
+def run_farm(bundles: Sequence[str | Path], address: str, *, junitxml: str | Path | None = None,
+             console: Console | None = None, **options: Any) -> int:
+    """Run the suite on every live device of the farm at `address`, each with the bundles of its profile; one
+    JUnit file per device (`<junitxml stem>-<device><suffix>`). Returns the worst exit code (5: no device
+    matched any bundle)."""
+    from sdk.artifact import load_artifact
+    from sdk.farm import connect
+
+    console = console or Console()
+    by_profile: dict[str, list[str | Path]] = {}
+    for path in bundles:
+        by_profile.setdefault(load_artifact(path).device, []).append(path)
+    worst = 0
+    ran = 0
+    for row in connect(address).devices():
+        mine = by_profile.get(row.labels.get("profile", ""), [])
+        if row.state == "lost" or not mine:
+            continue
+        ran += 1
+        xml = None if junitxml is None else Path(junitxml).with_name(
+            f"{Path(junitxml).stem}-{row.name}{Path(junitxml).suffix or '.xml'}")
+        console.print(f"[bold]{row.name}[/bold] ({row.labels.get('profile')} on {row.host})", highlight=False)
+        code = run(mine, agent=f"{FARM_SCHEME}{address}/{row.name}", junitxml=xml, console=console, **options)
+        worst = max(worst, code)
+    if not ran:
+        console.print(f"[red]no live device of the farm at {address} has the profile of any bundle "
+                      f"({', '.join(sorted(by_profile))})[/red]", highlight=False)
+        return 5
+    return worst

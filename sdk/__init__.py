@@ -24,7 +24,7 @@ __all__ = [
     "Tolerance", "Fp32", "Fp16", "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize",
     "Prune", "LowRank", "DepthwiseSeparable", "Distill",
     # submodules
-    "devices", "recipes", "errors", "agent",
+    "devices", "recipes", "errors", "agent", "farm",
 ]
 
 _LAZY = {
@@ -40,6 +40,7 @@ _LAZY = {
     "recipes": ("sdk.recipes", None),
     "errors": ("sdk.errors", None),
     "agent": ("sdk.agent", None),
+    "farm": ("sdk.farm", None),
 }
 
 

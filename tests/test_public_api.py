@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "__version__", "export", "compress", "load_artifact", "ExportResult", "Artifact", "Tolerance", "Fp32", "Fp16",
     "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize", "Prune", "LowRank", "DepthwiseSeparable", "Distill",
-    "devices", "recipes", "errors", "agent",
+    "devices", "recipes", "errors", "agent", "farm",
 }
 
 
@@ -44,13 +44,14 @@ def test_device_side_imports_without_torch():
     modules = ["sdk", "sdk.devices", "sdk.artifact", "sdk.parity", "sdk.errors", "backends"]
     modules += sorted(set(backends.BUILTIN.values()))
     modules += [f"sdk.agent.{p.stem}" for p in (ROOT / "sdk" / "agent").glob("*.py") if p.stem != "__init__"]
+    modules += [f"sdk.farm.{p.stem}" for p in (ROOT / "sdk" / "farm").glob("*.py") if p.stem != "__init__"]
     proc = _import_without_torch(modules)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_no_submodule_shadows_a_public_function():
     """`import sdk.<name>` must never replace the function sdk.<name> (doctest collection imports every module)."""
-    submodules = {"devices", "recipes", "errors", "agent"}
+    submodules = {"devices", "recipes", "errors", "agent", "farm"}
     for name in sdk.__all__:
         if name not in submodules:
             assert not (ROOT / "sdk" / f"{name}.py").exists() and not (ROOT / "sdk" / name).is_dir(), name
