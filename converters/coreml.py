@@ -67,7 +67,7 @@ class CoreMLConverter(Converter):
         precision = job.precision.name
         if precision not in self.supported:
             raise UnsupportedRecipeError(job.precision.to_string(), self.format, job.profile.id, sorted(self.supported))
-        scheme = _scheme(job, target) if precision in _QUANTIZING else None  # refuses before any work
+        scheme = _scheme(job, target) if job.precision.quantizes else None  # refuses before any work
 
         exported = _export(job)
         out_dtypes = _output_dtypes(exported)

@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from sdk.errors import BundleError, OutputDirError
+from sdk.errors import BundleError, OutputDirError, RecipeError
+from sdk.recipes import Config, Recipe, parse
 from sdk.version import SCHEMA_VERSION, __version__
 
 __all__ = ["Artifact", "load_artifact", "BundleWriter", "sha256_file", "REQUIRED_KEYS"]
@@ -80,6 +81,17 @@ class Artifact:
         """Bytes of the model file(s): what ships in an app (not the reference inputs or the report)."""
         reference = self.manifest.get("reference", REFERENCE)
         return sum(f["bytes"] for f in self.manifest["files"] if f["path"] != reference)
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe the bundle was exported with, exactly (from the manifest's lossless `recipe_configs`)."""
+        if "recipe_configs" not in self.manifest:
+            raise BundleError(f"bundle {self.path}: the manifest has no recipe_configs (written by an older SDK); "
+                              f"only its display strings are known: {', '.join(self.manifest['recipe'])}")
+        try:
+            return Recipe.from_dicts(self.manifest["recipe_configs"])
+        except RecipeError as exc:
+            raise BundleError(f"bundle {self.path}: manifest recipe_configs cannot be read: {exc}") from exc
 
     def reference(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The sample inputs and the fp32 outputs they gave, in manifest order."""
@@ -162,9 +174,14 @@ class BundleWriter:
         np.savez(self.staging / REFERENCE, **arrays)
 
     def write_manifest(self, *, device: str, fmt: str, runtime: str, model_file: str,
-                       inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], recipe: list[str],
+                       inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], recipe: Recipe | Sequence[str | Config],
                        runtime_options: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict:
-        """Write manifest.json listing every file staged so far (call after the model and reference)."""
+        """Write manifest.json listing every file staged so far (call after the model and reference).
+
+        The recipe goes in twice: `recipe` (short strings, for display) and `recipe_configs` (the
+        lossless dicts `Artifact.recipe` reads back).
+        """
+        recipe = recipe if isinstance(recipe, Recipe) else Recipe(tuple(parse(list(recipe))))
         if not (self.staging / model_file).exists():
             raise BundleError(f"converter reported model file {model_file!r} but did not write it")
         files = [{"path": p.relative_to(self.staging).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
@@ -180,7 +197,8 @@ class BundleWriter:
             "files": files,
             "inputs": _tensor_specs("in", inputs),
             "outputs": _tensor_specs("out", outputs),
-            "recipe": list(recipe),
+            "recipe": recipe.to_strings(),
+            "recipe_configs": recipe.to_dicts(),
             "reference": REFERENCE,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **dict(extra or {}),

@@ -70,7 +70,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     tol = plan.tolerance(tolerance)
     calib = _materialize_calibration(calibration, inputs, "calibration")
     evaluation = _materialize_calibration(eval_data, inputs, "eval_data")
-    quantizing = quantization.is_quantizing(plan.precision)
+    quantizing = plan.precision.quantizes
     if quantizing:  # fail early, before any long pass, if static INT8 has no calibration data
         quantization.split_calibration(plan.precision, calib, evaluation, inputs, profile)
 
@@ -110,7 +110,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
         writer.write_reference(np_inputs, np_outputs)
         manifest = writer.write_manifest(
             device=profile.id, fmt=profile.format, runtime=profile.runtime, model_file=result.model_file,
-            inputs=np_inputs, outputs=np_outputs, recipe=plan.to_strings(),
+            inputs=np_inputs, outputs=np_outputs, recipe=plan,
             runtime_options={**profile.converter, **result.runtime_options},
             extra={"tolerance": tol.to_dict()})
 

@@ -25,15 +25,10 @@ from sdk.recipes import Config, Int8Static, Tolerance
 
 log = logging.getLogger("sdk")
 
-QUANTIZING = ("int8", "int8-dynamic", "int4", "palettize")
 HOLDOUT_FRACTION = 0.2
 MAX_SENSITIVITY_SAMPLES = 16
 TOP_OFFENDERS = 10
 DEFAULT_MAX_FALLBACK_LAYERS = 8
-
-
-def is_quantizing(config: Config) -> bool:
-    return config.name in QUANTIZING
 
 
 def split_calibration(config: Config, calibration: list[tuple] | None, eval_data: list[tuple] | None,

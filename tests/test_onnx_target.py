@@ -45,7 +45,8 @@ def run_case(model, inputs, profile, recipe, workdir, runtime: str | None = None
     plan = recipes.resolve(profile, recipe)
     result = convert(model, inputs, profile, recipe, workdir, len(ref))
     manifest = {"inputs": specs("in", inputs), "outputs": specs("out", ref),
-                "runtime_options": dict(profile.converter), "recipe": plan.to_strings()}
+                "runtime_options": dict(profile.converter), "recipe": plan.to_strings(),
+                "recipe_configs": plan.to_dicts()}
     backend = backends.get(runtime or profile.runtime)
     assert backend.unavailable_reason() is None
     session = backend.load(workdir / result.model_file, manifest)

@@ -49,7 +49,8 @@ def _run(model: nn.Module, path: Path, samples: list[tuple[torch.Tensor, ...]], 
                            for i, t in enumerate(samples[0])],
                 "outputs": [{"name": f"out_{i}", "shape": list(r.shape), "dtype": "float32"}
                             for i, r in enumerate(refs[0])],
-                "runtime_options": dict(PROFILE.converter), "recipe": [str(recipe)]}
+                "runtime_options": dict(PROFILE.converter), "recipe": [str(recipe)],
+                "recipe_configs": recipes.Recipe(tuple(recipes.parse(recipe))).to_dicts()}
     session = backends.get("tensorrt").load(path, manifest)
     got = [session.run([t.numpy() for t in s]) for s in samples]
     outputs = range(len(refs[0]))
