@@ -10,6 +10,8 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from sdk.errors import InputMismatchError
+
 
 class Session(Protocol):
     """A loaded model. `ran_on` names what really executes it, e.g. 'onnxruntime 1.31 CPUExecutionProvider'."""
@@ -31,10 +33,6 @@ class Backend:
     def load(self, model_path: Path, manifest: Mapping[str, Any]) -> Session:
         """Load `model_path` (a file or folder inside the bundle) described by `manifest`."""
         raise NotImplementedError  # pragma: no cover
-
-
-class InputMismatchError(ValueError):
-    """Inputs do not match the model's declared inputs (count, shape or dtype)."""
 
 
 def check_inputs(inputs: Sequence[np.ndarray], manifest: Mapping[str, Any]) -> list[np.ndarray]:

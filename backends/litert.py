@@ -19,6 +19,7 @@ import numpy as np
 
 from backends import register
 from backends.base import Backend, InputMismatchError, check_inputs
+from sdk.errors import BundleError
 
 #: Python packages that provide a LiteRT interpreter, in order of preference.
 _RUNTIMES = ("ai_edge_litert", "tflite_runtime")
@@ -115,7 +116,7 @@ class LiteRTSession:
                                       ("output", manifest["outputs"], self._outputs)):
             names = [spec["name"] for spec in declared]
             if sorted(names) != sorted(found):
-                raise ValueError(f"the .tflite signature's {kind}s are {sorted(found)}, the manifest declares {names}: "
+                raise BundleError(f"the .tflite signature's {kind}s are {sorted(found)}, the manifest declares {names}: "
                                  "the bundle's model and manifest do not belong together; export it again")
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -24,7 +24,7 @@ import torch
 from backends.coreml import CoreMLBackend, spec_summary, weight_storage
 from converters import register
 from converters.base import ConversionJob, ConversionResult, Converter, first_match
-from sdk.errors import ConversionError, ProfileError, UnsupportedRecipeError
+from sdk.errors import ConversionError, InternalError, ProfileError, UnsupportedRecipeError, first_line
 
 __all__ = ["CoreMLConverter"]
 
@@ -130,7 +130,7 @@ def _export(job: ConversionJob) -> torch.export.ExportedProgram:
     try:
         exported = torch.export.export(job.model, tuple(job.example_inputs)).run_decompositions({})
     except Exception as exc:
-        raise ConversionError(f"torch.export could not capture the model: {type(exc).__name__}: {_first_line(exc)}",
+        raise ConversionError(f"torch.export could not capture the model: {type(exc).__name__}: {first_line(exc)}",
                               fmt="coreml", device=job.profile.id,
                               hint="make forward() exportable (no data-dependent Python control flow; "
                                    "the chained torch.export error names the line)") from exc
@@ -336,7 +336,7 @@ def _compress(mlmodel: Any, scheme: _Scheme, weights: dict[tuple[str, str], _Wei
         return getattr(cto, scheme.function)(mlmodel, config)
     except Exception as exc:
         raise ConversionError(f"coremltools.optimize.coreml.{scheme.function} failed: {type(exc).__name__}: "
-                              f"{_first_line(exc)}", fmt=CoreMLConverter.format, device=job.profile.id,
+                              f"{first_line(exc)}", fmt=CoreMLConverter.format, device=job.profile.id,
                               hint="try another scheme (e.g. 'palettize:8' or 'int8'), or keep the failing "
                                    "layer in float") from exc
 
@@ -417,7 +417,7 @@ def _conversion_error(exc: Exception, job: ConversionJob) -> ConversionError:
             "coremltools.converters.mil.frontend.torch.register_torch_op; or export for a device whose toolchain "
             "converts it, e.g. 'intel-cpu' (OpenVINO) or 'android-arm64' (ExecuTorch)") if op else \
         "run with logging at DEBUG for coremltools' full message"
-    return ConversionError(f"coremltools {type(exc).__name__}: {_first_line(exc)}", fmt="coreml",
+    return ConversionError(f"coremltools {type(exc).__name__}: {first_line(exc)}", fmt="coreml",
                            device=job.profile.id, op=op, hint=hint)
 
 
@@ -439,11 +439,5 @@ def _check_spec(summary: dict[str, Any], job: ConversionJob, spec_version: int) 
     if job.precision.name == "fp32" and "float16" in weights:
         problems.append(f"fp32 recipe but fp16 weights (weights by dtype: {weights})")
     if problems:
-        raise ConversionError("the saved model.mlpackage does not match the request: " + "; ".join(problems),
-                              fmt="coreml", device=job.profile.id,
-                              hint="report this with the model; coremltools produced an unexpected program")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].rstrip(".") if text else ""
+        raise InternalError(f"coreml conversion for device {job.profile.id!r}: the saved model.mlpackage does not match "
+                            f"the request: {'; '.join(problems)}. Please report this with the model")

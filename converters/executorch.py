@@ -63,7 +63,7 @@ from torchao.quantization.pt2e.quantizer import get_module_name_filter
 from converters import register
 from converters.base import ConversionJob, ConversionResult, Converter, first_match
 from converters.quant import ranges
-from sdk.errors import ConversionError, ProfileError, UnsupportedRecipeError
+from sdk.errors import ConversionError, InternalError, ProfileError, UnsupportedRecipeError
 from sdk.recipes import Int4Weight, Int8Dynamic, Int8Static
 
 MODEL_FILE = "model.pte"
@@ -450,9 +450,9 @@ def _check_layers(job: ConversionJob, layers: dict[str, str]) -> None:
     quantized = [name for name, dtype in layers.items() if dtype.startswith("int")]
     not_float = sorted(name for name in quantized if _kept_by(name, job.keep_float))
     if not_float:
-        raise ConversionError(f"{', '.join(not_float)} should have stayed float but the quantized graph reads "
-                              "integer weights", fmt=ExecuTorchConverter.format, device=job.profile.id,
-                              hint="report this with the model; meanwhile use 'fp16'")
+        raise InternalError(f"executorch conversion for device {job.profile.id!r}: {', '.join(not_float)} should have "
+                            "stayed float but the quantized graph reads integer weights. Please report this with the "
+                            "model; meanwhile use 'fp16'")
     if not quantized:
         reasons = "; ".join(f"{name}: {_float_reason(name, dtype, job)}" for name, dtype in list(layers.items())[:3])
         raise ConversionError(f"{job.precision} quantized no layer of this model "

@@ -36,7 +36,7 @@ from backends.litert import delegation, open_interpreter
 from converters import register
 from converters.base import ConversionJob, ConversionResult, Converter, first_match
 from converters.quant import ranges
-from sdk.errors import ConversionError, UnsupportedRecipeError
+from sdk.errors import ConversionError, InternalError, UnsupportedRecipeError
 from sdk.recipes import Int8Static
 
 MODEL_FILE = "model.tflite"
@@ -295,9 +295,9 @@ def _account(job: ConversionJob, quantization: dict[str, Any], table: list[dict[
     layers = {name: "/".join(sorted(dtypes[name])) for name in provenance.order if name in dtypes}
     not_float = [name for name, dtype in layers.items() if _kept_by(name, job.keep_float) and dtype != "fp32"]
     if not_float:
-        raise ConversionError(f"{', '.join(not_float)} should have stayed float32 but the .tflite stores "
-                              f"{', '.join(layers[n] for n in not_float)}", fmt=LiteRTConverter.format,
-                              device=job.profile.id, hint="use 'fp16', or report this with the model")
+        raise InternalError(f"litert conversion for device {job.profile.id!r}: {', '.join(not_float)} should have "
+                            f"stayed float32 but the .tflite stores {', '.join(layers[n] for n in not_float)}. Please "
+                            "report this with the model; meanwhile use 'fp16'")
 
     def reason(name: str) -> str:
         kept = _kept_by(name, job.keep_float)

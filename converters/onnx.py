@@ -58,7 +58,7 @@ from onnxruntime.quantization import (
 import converters
 from converters.base import ConversionJob, ConversionResult, Converter, first_match
 from converters.quant.sensitivity import quantizable_layers
-from sdk.errors import ConversionError, ProfileError, UnsupportedRecipeError
+from sdk.errors import ConversionError, InternalError, ProfileError, UnsupportedRecipeError
 
 __all__ = ["ONNXConverter", "layer_weights", "module_of"]
 
@@ -378,9 +378,9 @@ def _check_kept_float(job: ConversionJob, quantization: dict[str, Any]) -> None:
     """Refuse a file in which a layer that was to stay float reads back quantized."""
     leaked = [layer for layer in quantization["quantized_layers"] if _kept_by(layer, job.keep_float) is not None]
     if leaked:
-        raise ConversionError(f"layer(s) {', '.join(leaked)} were to stay float, but the file stores their weights "
-                              "quantized: their ONNX nodes were not matched by name", fmt="onnx", device=job.profile.id,
-                              hint="report this with the model; meanwhile use 'fp16'")
+        raise InternalError(f"onnx conversion for device {job.profile.id!r}: layer(s) {', '.join(leaked)} were to stay "
+                            "float, but the file stores their weights quantized (their ONNX nodes were not matched by "
+                            "name). Please report this with the model; meanwhile use 'fp16'")
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:

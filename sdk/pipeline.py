@@ -17,7 +17,7 @@ from sdk import devices, quantization, recipes
 from sdk.artifact import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
 from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
-                        UnsupportedRecipeError)
+                        UnsupportedRecipeError, first_line)
 from sdk.report import build_report
 from sdk.validate import validate_bundle
 
@@ -224,7 +224,7 @@ def _convert(converter: converters.Converter, job: ConversionJob) -> ConversionR
     except SdkError:
         raise
     except Exception as exc:  # a toolchain failure the converter did not classify
-        raise ConversionError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+        raise ConversionError(f"{type(exc).__name__}: {first_line(exc)}",
                               fmt=job.profile.format, device=job.profile.id,
                               hint="run with logging at DEBUG for the toolchain's full message, or try another "
                                    "device with a different format (see `edge-sdk devices`)") from exc

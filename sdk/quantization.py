@@ -19,7 +19,7 @@ import backends
 from converters.base import ConversionJob, ConversionResult, Converter
 from converters.quant.sensitivity import layer_sensitivity, quantizable_layers, simulate
 from sdk.devices import DeviceProfile
-from sdk.errors import ConversionError, InvalidInputsError, ParityError
+from sdk.errors import ConversionError, InvalidInputsError, ParityError, SdkError, first_line
 from sdk.parity import compare
 from sdk.recipes import Config, Int8Static, Tolerance
 
@@ -72,13 +72,26 @@ class HeldOutEvaluator:
         else:
             manifest = {"inputs": _specs("in", self.job.example_inputs), "outputs": _specs("out", self.reference[0]),
                         "runtime_options": dict(self.job.profile.converter)}
-            session = self.backend.load(self.job.workdir / result.model_file, manifest)
-            outputs = [session.run([t.numpy() for t in x]) for x in self.heldout]
-            ran_on = session.ran_on
+            outputs, ran_on = self._run(result, manifest)
         got = [np.concatenate([o[i].reshape(1, -1) if o[i].ndim < 2 else o[i] for o in outputs]) for i in range(len(outputs[0]))]
         ref = [np.concatenate([r[i].reshape(1, -1) if r[i].ndim < 2 else r[i] for r in self.reference])
                for i in range(len(self.reference[0]))]
         return {"ran_on": ran_on, "samples": len(self.heldout), **compare(got, ref, {"min_cosine": -1.0})}
+
+
+    def _run(self, result: ConversionResult, manifest: dict[str, Any]) -> tuple[list[list[np.ndarray]], str]:
+        """The staged file's outputs on every held-out input; a runtime's own exception becomes a ConversionError."""
+        profile = self.job.profile
+        try:
+            session = self.backend.load(self.job.workdir / result.model_file, manifest)
+            return [session.run([t.numpy() for t in x]) for x in self.heldout], session.ran_on
+        except SdkError:
+            raise
+        except Exception as exc:
+            raise ConversionError(f"the converted {result.model_file} failed to run in {profile.runtime} on the "
+                                  f"held-out inputs: {type(exc).__name__}: {first_line(exc)}", fmt=profile.format,
+                                  device=profile.id, hint="try 'fp16' or another precision; report this with the "
+                                  "model if the runtime should take it") from exc
 
 
 def weight_only_artifact(result: ConversionResult) -> bool:

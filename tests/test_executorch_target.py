@@ -16,7 +16,7 @@ import sdk.devices
 import sdk.recipes
 from backends import InputMismatchError
 from converters import ConversionResult
-from sdk.errors import ConversionError, UnsupportedRecipeError
+from sdk.errors import BundleError, ConversionError, UnsupportedRecipeError
 from sdk.parity import compare
 
 pytest.importorskip("executorch")
@@ -113,7 +113,7 @@ def test_session_reports_runtime_and_refuses_wrong_inputs(cnn_fp32):
 def test_manifest_that_does_not_match_the_program_is_refused(cnn_fp32, small_cnn):
     manifest = _manifest(*small_cnn)
     manifest["inputs"][0]["shape"] = [1, 3, 16, 16]
-    with pytest.raises(ValueError, match=r"model.pte takes inputs float32\[1, 3, 8, 8\]"):
+    with pytest.raises(BundleError, match=r"model.pte takes inputs float32\[1, 3, 8, 8\]"):
         backends.get("executorch").load(cnn_fp32.path, manifest)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 import backends
 from sdk.artifact import load_artifact
-from sdk.errors import BundleError
+from sdk.errors import BundleError, IntakeError
 
 __all__ = ["IntakeError", "check_bundle", "content_problem", "unpack"]
 
@@ -33,14 +33,6 @@ NATIVE_MAGIC = {b"\x7fELF": "an ELF executable/shared library", b"MZ": "a Window
                 b"\xcf\xfa\xed\xfe": "a Mach-O binary", b"\xce\xfa\xed\xfe": "a Mach-O binary",
                 b"\xca\xfe\xba\xbe": "a Mach-O universal binary", b"#!": "a script"}
 PICKLE_WINDOW = 1 << 20
-
-
-class IntakeError(Exception):
-    """An upload the agent refuses; `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str):
-        self.status = status
-        super().__init__(message)
 
 
 def _safe_name(name: str) -> PurePosixPath:

@@ -9,11 +9,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from sdk.errors import ProbeError
+
 __all__ = ["CounterProbe", "Probe", "ProbeError", "Reading", "SampledProbe", "energy_report"]
-
-
-class ProbeError(RuntimeError):
-    """A probe that worked at detection failed while measuring (sensor gone, process died)."""
 
 
 @dataclass(frozen=True)
