@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from backends.base import Backend, InputMismatchError, Session, check_inputs
-from sdk.errors import RegistryError, RuntimeUnavailableError, closest
+from sdk.core.errors import RegistryError, RuntimeUnavailableError, closest
 
 __all__ = ["Backend", "Session", "InputMismatchError", "check_inputs", "register", "get", "runtimes", "load"]
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from sdk.errors import InputMismatchError
+from sdk.core.errors import InputMismatchError
 
 
 class Session(Protocol):

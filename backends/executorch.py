@@ -19,7 +19,7 @@ import numpy as np
 
 from backends import register
 from backends.base import Backend, check_inputs
-from sdk.errors import BundleError, UnsupportedError
+from sdk.core.errors import BundleError, UnsupportedError
 
 #: ExecuTorch ScalarType codes (runtime/core/portable_type/scalar_type.h) that a program's I/O may use
 _SCALAR_TYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.float16, 6: np.float32,

@@ -18,7 +18,7 @@ import numpy as np
 
 import backends
 from backends.base import Backend, check_inputs
-from sdk.recipes import Recipe
+from sdk.core.recipes import Recipe
 
 __all__ = ["OnnxRuntimeBackend", "OrtSession", "TensorRTBackend"]
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from sdk.devices import DeviceProfile
-    from sdk.recipes import Config, Recipe
+    from sdk.core.recipes import Config, Recipe
 
 
 @dataclass

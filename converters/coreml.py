@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.coreml import CoreMLBackend, spec_summary, weight_storage
 from converters import register
 from converters.base import ConversionJob, ConversionResult, Converter, first_match
-from sdk.errors import ConversionError, InternalError, ProfileError, UnsupportedRecipeError, first_line
+from sdk.core.errors import ConversionError, InternalError, ProfileError, UnsupportedRecipeError, first_line
+from sdk.core.readers.coreml import runtime_unavailable_reason, spec_summary, weight_storage
 
 __all__ = ["CoreMLConverter"]
 
@@ -177,7 +177,7 @@ def _scheme(job: ConversionJob, target: Any) -> _Scheme:
     if config.name in ("int8", "int8-dynamic"):
         options = {"mode": "linear_symmetric", "dtype": "int8", "granularity": "per_channel"}
         weights = "weights int8 per output channel, symmetric, with an fp16 scale per channel"
-        unavailable = CoreMLBackend().unavailable_reason()  # calibrating activations runs Core ML predictions
+        unavailable = runtime_unavailable_reason()  # calibrating activations runs Core ML predictions
         if config.name == "int8" and unavailable is None and target.value >= ct.target.iOS17.value:
             samples = len(job.calibration or [job.example_inputs])
             return _Scheme("linear_quantize_weights", options, True,

@@ -63,8 +63,8 @@ from torchao.quantization.pt2e.quantizer import get_module_name_filter
 from converters import register
 from converters.base import ConversionJob, ConversionResult, Converter, first_match
 from converters.quant import ranges
-from sdk.errors import ConversionError, InternalError, ProfileError, UnsupportedRecipeError
-from sdk.recipes import Int4Weight, Int8Dynamic, Int8Static
+from sdk.core.errors import ConversionError, InternalError, ProfileError, UnsupportedRecipeError
+from sdk.core.recipes import Int4Weight, Int8Dynamic, Int8Static
 
 MODEL_FILE = "model.pte"
 PARTITIONERS: dict[str, Callable[[], Any]] = {"xnnpack": XnnpackPartitioner}

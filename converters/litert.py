@@ -32,12 +32,12 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from backends.litert import delegation, open_interpreter
 from converters import register
 from converters.base import ConversionJob, ConversionResult, Converter, first_match
 from converters.quant import ranges
-from sdk.errors import ConversionError, InternalError, UnsupportedRecipeError
-from sdk.recipes import Int8Static
+from sdk.core.errors import ConversionError, InternalError, UnsupportedRecipeError
+from sdk.core.readers.litert import delegation, open_interpreter
+from sdk.core.recipes import Int8Static
 
 MODEL_FILE = "model.tflite"
 SIGNATURE = "serving_default"  # the one signature litert-torch writes for a single-signature model

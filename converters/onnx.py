@@ -58,7 +58,7 @@ from onnxruntime.quantization import (
 import converters
 from converters.base import ConversionJob, ConversionResult, Converter, first_match
 from converters.quant.sensitivity import quantizable_layers
-from sdk.errors import ConversionError, InternalError, ProfileError, UnsupportedRecipeError
+from sdk.core.errors import ConversionError, InternalError, ProfileError, UnsupportedRecipeError
 
 __all__ = ["ONNXConverter", "layer_weights", "module_of"]
 

@@ -26,7 +26,7 @@ import torch
 
 import converters
 from converters.base import ConversionJob, ConversionResult, Converter
-from sdk.errors import ConversionError, InvalidInputsError
+from sdk.core.errors import ConversionError, InvalidInputsError
 
 __all__ = ["OpenVINOConverter"]
 
@@ -51,7 +51,9 @@ class OpenVINOConverter(Converter):
 
     format = "openvino"
     supported = frozenset({"fp32", "fp16", "int8", "int8-dynamic", "int4"})  # the quantized ones: _SCHEMES
-    options = {"device": "OpenVINO device the IR targets (CPU, NPU, GPU)"}
+    options = {"device": "OpenVINO device the IR targets (CPU, NPU, GPU)",
+               "symmetric_int8": "true where the device takes symmetric int8 only: activations are quantized "
+                                 "symmetrically and INT4's int8 backup weights are symmetric"}
 
     def convert(self, job: ConversionJob) -> ConversionResult:
         device = str(job.profile.converter.get("device", "CPU")).upper()
@@ -152,7 +154,7 @@ def _static_int8(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob, d
     if not samples:
         raise InvalidInputsError(f"static INT8 for {job.profile.id} needs calibration data (nncf.quantize sets "
                                  "activation ranges from it); or use 'int8-dynamic'")
-    symmetric = config.symmetric_activations or device == "NPU"  # the NPU takes symmetric int8 only
+    symmetric = config.symmetric_activations or _symmetric_only(job)
     preset = nncf.QuantizationPreset.PERFORMANCE if symmetric else nncf.QuantizationPreset.MIXED
     target = nncf.TargetDevice(device) if device in nncf.TargetDevice.__members__ else nncf.TargetDevice.ANY
     advanced = AdvancedQuantizationParameters(
@@ -164,9 +166,10 @@ def _static_int8(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob, d
     notes = [f"OpenVINO {device} runs the FakeQuantize-annotated IR with its int8 kernels"
              + (" (VNNI/AMX where the CPU has them)" if device == "CPU" else "")
              + "; no speed-up is assumed: measure it on the target"]
-    if device == "NPU" and not config.symmetric_activations:
-        notes.append(f"{job.profile.id}: activations are quantized symmetrically (preset=performance): the NPU takes "
-                     "symmetric int8; the recipe's asymmetric activations are not used there")
+    if _symmetric_only(job) and not config.symmetric_activations:
+        notes.append(f"{job.profile.id}: activations are quantized symmetrically (preset=performance): the device "
+                     "takes symmetric int8 only (profile [converter] symmetric_int8); the recipe's asymmetric "
+                     "activations are not used there")
     return quantized, _Plan(
         toolchain=f"NNCF {nncf.__version__} nncf.quantize on the ov.Model (preset={preset.value}, "
                   f"target_device={target.value}{', model_type=TRANSFORMER' if transformer else ''})",
@@ -174,6 +177,11 @@ def _static_int8(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob, d
                 f"per-tensor {'symmetric' if symmetric else 'asymmetric'} (FakeQuantize ops), ranges calibrated on "
                 f"{len(samples)} samples with fast bias correction; biases and norms stay float"),
         activations="int8", backup=None, notes=notes)
+
+
+def _symmetric_only(job: ConversionJob) -> bool:
+    """The device takes symmetric int8 only (a profile fact, e.g. the Intel NPU)."""
+    return bool(job.profile.converter.get("symmetric_int8", False))
 
 
 def _is_transformer(model: ov.Model) -> bool:
@@ -210,7 +218,7 @@ def _int4_weights(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob,
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     group = job.precision.group_size
-    backup = nncf.BackupMode.INT8_SYM if device == "NPU" else nncf.BackupMode.INT8_ASYM  # NPU: symmetric weights
+    backup = nncf.BackupMode.INT8_SYM if _symmetric_only(job) else nncf.BackupMode.INT8_ASYM
     quantized = nncf.compress_weights(
         model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group, ratio=1.0, ignored_scope=ignored,
         backup_mode=backup,

@@ -2,7 +2,7 @@
 
     pytest samples/device_test_example.py --agent http://jetson.local:8765 --bundle out/jetson-orin-nano
 
-`agent` is an sdk.agent.Client (or LocalAgent for `--agent local`), `bundle` the sdk.artifact.Artifact of
+`agent` is an sdk.agent.Client (or LocalAgent for `--agent local`), `bundle` the sdk.Artifact of
 each --bundle, `device_profile` its sdk.devices.DeviceProfile. Without --bundle these tests are skipped.
 """
 import pytest

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sdk import devices
-from sdk.errors import SdkError, UserInputError
+from sdk.core.errors import SdkError, UserInputError
 
 app = typer.Typer(help="Export PyTorch models to validated, device-ready artifacts.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)

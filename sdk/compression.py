@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from sdk.errors import RecipeError
-from sdk.recipes import ConfigLike, parse
+from sdk.core.errors import RecipeError
+from sdk.core.recipes import ConfigLike, parse
 
 if TYPE_CHECKING:
     import torch

@@ -13,10 +13,11 @@ import torch
 import converters
 from converters.base import ConversionJob, ConversionResult
 from converters.passes.metrics import count_macs, count_params
-from sdk import devices, quantization, recipes
-from sdk.artifact import Artifact, BundleWriter, load_artifact
+from sdk import devices, quantization
+from sdk.core import recipes
+from sdk.core.bundle import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
-from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
+from sdk.core.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
                         UnsupportedRecipeError, first_line)
 from sdk.report import build_report
 from sdk.validate import validate_bundle

@@ -19,9 +19,9 @@ import backends
 from converters.base import ConversionJob, ConversionResult, Converter
 from converters.quant.sensitivity import layer_sensitivity, quantizable_layers, simulate
 from sdk.devices import DeviceProfile
-from sdk.errors import ConversionError, InvalidInputsError, ParityError, SdkError, first_line
-from sdk.parity import compare
-from sdk.recipes import Config, Int8Static, Tolerance
+from sdk.core.errors import ConversionError, InvalidInputsError, ParityError, SdkError, first_line
+from sdk.core.parity import compare
+from sdk.core.recipes import Config, Int8Static, Tolerance
 
 log = logging.getLogger("sdk")
 
@@ -189,7 +189,7 @@ def _check_something_quantized(result: ConversionResult, job: ConversionJob) -> 
 
 
 def _misses(parity: dict[str, Any], tolerance: Tolerance) -> list[str]:
-    from sdk.parity import failures
+    from sdk.core.parity import failures
 
     return [msg for o in parity["outputs"] for msg in failures(o, tolerance.to_dict())]
 

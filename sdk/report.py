@@ -7,9 +7,9 @@ from sdk.version import __version__
 
 if TYPE_CHECKING:
     from converters.base import ConversionResult
-    from sdk.artifact import Artifact
+    from sdk.core.bundle import Artifact
     from sdk.devices import DeviceProfile
-    from sdk.recipes import Recipe
+    from sdk.core.recipes import Recipe
 
 
 def build_report(*, profile: "DeviceProfile", plan: "Recipe", manifest: Mapping[str, Any], artifact: "Artifact",

@@ -16,7 +16,7 @@ ct = pytest.importorskip("coremltools")
 
 import backends  # noqa: E402
 import converters  # noqa: E402
-from backends.coreml import spec_summary  # noqa: E402
+from sdk.core.readers.coreml import spec_summary  # noqa: E402
 from converters.base import ConversionJob  # noqa: E402
 from sdk import devices, recipes  # noqa: E402
 from sdk.errors import ConversionError, ProfileError  # noqa: E402
@@ -140,7 +140,7 @@ def test_spec_summary_works_without_torch(cnn):
     """The device side reads a bundle's spec with coremltools alone."""
     _, result, spec, workdir = cnn
     code = ("import sys, json; sys.modules['torch'] = None\n"
-            "from backends.coreml import spec_summary\n"
+            "from sdk.core.readers.coreml import spec_summary\n"
             f"print(json.dumps(spec_summary({str(workdir / result.model_file)!r})))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -99,3 +99,22 @@ def test_roofline_bound():
     # 1 GMAC at 20 int8 TOPS = 0.1 ms; 1 MB at 68 GB/s = 0.0147 ms -> compute bound
     assert p.roofline_ms(10**9, 10**6, "int8") == pytest.approx(0.1)
     assert p.roofline_ms(10**9, 10**6, "int4") is None
+
+
+def test_format_is_valid_iff_a_converter_is_registered(tmp_path):
+    import converters
+    from sdk.core import formats
+
+    path = _toml(tmp_path, _board_text().replace('format = "openvino"', 'format = "myformat"'))
+    with pytest.raises(ProfileError, match="no converter is registered for format 'myformat'"):
+        DeviceProfile.from_toml(path)
+
+    @converters.register
+    class MyConverter(converters.Converter):
+        format = "myformat"
+
+    try:
+        assert DeviceProfile.from_toml(path).format == "myformat" and "myformat" in converters.formats()
+    finally:
+        converters._registry.pop("myformat")
+        formats._registered.discard("myformat")

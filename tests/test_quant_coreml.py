@@ -24,7 +24,7 @@ ct = pytest.importorskip("coremltools")
 
 import converters  # noqa: E402
 import sdk  # noqa: E402
-from backends.coreml import spec_summary, weight_storage  # noqa: E402
+from sdk.core.readers.coreml import spec_summary, weight_storage  # noqa: E402
 from samples import transformer_encoder  # noqa: E402
 from sdk import devices, recipes  # noqa: E402
 from sdk.errors import ConversionError, UnsupportedRecipeError  # noqa: E402
@@ -214,7 +214,7 @@ def test_weight_storage_reads_ios18_packages_without_torch(convert):
     """The device side reads a compressed bundle's weights with coremltools alone."""
     *_, package = convert("apple-mac-ane", "int4")
     code = ("import sys, json; sys.modules['torch'] = None\n"
-            "from backends.coreml import spec_summary, weight_storage\n"
+            "from sdk.core.readers.coreml import spec_summary, weight_storage\n"
             f"print(json.dumps([spec_summary({str(package)!r})['weight_dtypes'], weight_storage({str(package)!r})]))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           check=False)

@@ -16,8 +16,8 @@ from torch import nn
 
 from converters.passes.data import HOLDOUT, Calibration, as_batches, split
 from converters.passes.metrics import count_params, macs_by_module, parity, run_batches
-from sdk.errors import InternalError, InvalidInputsError, RecipeError
-from sdk.recipes import Config, ConfigLike, Distill, parse
+from sdk.core.errors import InternalError, InvalidInputsError, RecipeError
+from sdk.core.recipes import Config, ConfigLike, Distill, parse
 
 __all__ = ["PassContext", "PassFn", "register_pass", "known_passes", "apply"]
 

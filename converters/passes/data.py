@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from sdk.errors import InvalidInputsError
+from sdk.core.errors import InvalidInputsError
 
 __all__ = ["HOLDOUT", "Calibration", "as_batches", "split"]
 

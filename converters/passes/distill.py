@@ -26,7 +26,7 @@ from converters.passes import PassContext, register_pass
 from converters.passes.data import Calibration
 from converters.passes.metrics import flatten_outputs, run_batches
 from converters.passes.scope import WEIGHT_LAYERS
-from sdk.recipes import Distill
+from sdk.core.recipes import Distill
 
 __all__ = ["train", "recalibrate_batchnorm"]
 

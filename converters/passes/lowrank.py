@@ -17,7 +17,7 @@ from torch import nn
 from converters.passes import PassContext, register_pass
 from converters.passes.metrics import count_params, layer_row, relative_error
 from converters.passes.scope import substitutable
-from sdk.recipes import LowRank
+from sdk.core.recipes import LowRank
 
 __all__ = ["rank_for", "factorize"]
 

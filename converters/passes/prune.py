@@ -26,8 +26,8 @@ from torch.nn.utils import prune as torch_prune
 from converters.passes import PassContext, register_pass
 from converters.passes.metrics import count_nonzero, count_params, eval_mode, flatten_outputs, layer_row, relative_error
 from converters.passes.scope import WEIGHT_LAYERS, plan
-from sdk.errors import InternalError
-from sdk.recipes import Prune
+from sdk.core.errors import InternalError
+from sdk.core.recipes import Prune
 
 __all__ = ["output_layers"]
 

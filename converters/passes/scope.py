@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from converters.passes.metrics import op_by_op
-from sdk.errors import RecipeError, closest
-from sdk.recipes import Config
+from sdk.core.errors import RecipeError, closest
+from sdk.core.recipes import Config
 
 __all__ = ["WEIGHT_LAYERS", "called_layers", "resolve", "plan", "fused_parent", "substitutable"]
 

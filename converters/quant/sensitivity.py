@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from sdk.recipes import Config, Fp16, Int4Weight, Int8Dynamic, Int8Static, Palettize
+from sdk.core.recipes import Config, Fp16, Int4Weight, Int8Dynamic, Int8Static, Palettize
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 

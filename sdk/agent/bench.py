@@ -26,9 +26,9 @@ import numpy as np
 
 import backends
 from sdk.agent import power
-from sdk.artifact import load_artifact
-from sdk.errors import AgentError
-from sdk.parity import compare
+from sdk.core.bundle import load_artifact
+from sdk.core.errors import AgentError
+from sdk.core.parity import compare
 
 __all__ = ["DEFAULT_TOLERANCE", "BenchmarkFailed", "latency_stats", "measure_energy", "run", "run_isolated",
            "soak_check"]

@@ -13,7 +13,7 @@ import httpx
 
 from sdk.agent.local import as_zip
 from sdk.agent.result import BenchmarkResult
-from sdk.errors import AgentError
+from sdk.core.errors import AgentError
 
 __all__ = ["TOKEN_ENV", "Client"]
 

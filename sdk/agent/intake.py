@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 import backends
-from sdk.artifact import load_artifact
-from sdk.errors import BundleError, IntakeError
+from sdk.core.bundle import load_artifact
+from sdk.core.errors import BundleError, IntakeError
 
 __all__ = ["IntakeError", "check_bundle", "content_problem", "unpack"]
 

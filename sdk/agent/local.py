@@ -12,8 +12,8 @@ from typing import Any
 from sdk.agent import bench
 from sdk.agent.device import describe
 from sdk.agent.result import BenchmarkResult
-from sdk.artifact import Artifact, load_artifact
-from sdk.errors import UserInputError
+from sdk.core.bundle import Artifact, load_artifact
+from sdk.core.errors import UserInputError
 
 __all__ = ["LocalAgent", "as_folder", "as_zip"]
 

@@ -33,7 +33,7 @@ from sdk.agent import bench, intake
 from sdk.agent.adb import Phone
 from sdk.agent.device import describe
 from sdk.agent.store import STATUSES, JobStore
-from sdk.errors import UserInputError
+from sdk.core.errors import UserInputError
 from sdk.version import __version__
 
 __all__ = ["DEFAULT_MAX_UPLOAD_MB", "RunSpec", "create_app", "serve"]

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from sdk.errors import ProbeError
+from sdk.core.errors import ProbeError
 
 __all__ = ["CounterProbe", "Probe", "ProbeError", "Reading", "SampledProbe", "energy_report"]
 

@@ -5,14 +5,14 @@ the manner of torchao's `quantize_(model, Int8WeightOnlyConfig())`. A recipe is 
 them: model-to-model passes first, then at most one precision/quantization config that the
 device's converter applies with the format's own toolchain.
 
->>> from sdk.recipes import parse
+>>> from sdk.core.recipes import parse
 >>> [c.to_string() for c in parse("lowrank:0.5, distill, int8")]
 ['lowrank:0.5', 'distill:300', 'int8']
 
 The string form is for display and the CLI and may drop fields; `to_dict`/`from_dict` are lossless
 and versioned, and are what a bundle's manifest records:
 
->>> from sdk.recipes import Distill, from_dict
+>>> from sdk.core.recipes import Distill, from_dict
 >>> from_dict(Distill(steps=10, lr=0.1).to_dict()) == Distill(steps=10, lr=0.1)
 True
 """
@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Mapping, Sequence, Union
 
-from sdk.errors import RecipeError, UnsupportedRecipeError, closest
+from sdk.core.errors import RecipeError, UnsupportedRecipeError, closest
 
 if TYPE_CHECKING:
     from sdk.devices import DeviceProfile
@@ -391,7 +391,7 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     >>> from_dict({"config": "int8", "version": 1, "per_chanel": False})
     Traceback (most recent call last):
     ...
-    sdk.errors.RecipeError: config 'int8' (Int8Static) has no field 'per_chanel'; its fields: per_channel, symmetric_activations
+    sdk.core.errors.RecipeError: config 'int8' (Int8Static) has no field 'per_chanel'; its fields: per_channel, symmetric_activations
     """
     if not isinstance(data, Mapping) or "config" not in data:
         raise RecipeError(f"a config dict needs a 'config' key naming the config, got {data!r}")

@@ -19,8 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from sdk.errors import BundleError, OutputDirError, RecipeError
-from sdk.recipes import Config, Recipe, parse
+from sdk.core.errors import BundleError, OutputDirError, RecipeError
+from sdk.core.recipes import Config, Recipe, parse
 from sdk.version import SCHEMA_VERSION, __version__
 
 __all__ = ["Artifact", "load_artifact", "BundleWriter", "sha256_file", "REQUIRED_KEYS"]
@@ -127,7 +127,7 @@ def load_artifact(path: str | Path) -> Artifact:
     >>> sdk.load_artifact("/nonexistent")
     Traceback (most recent call last):
     ...
-    sdk.errors.BundleError: /nonexistent is not an artifact bundle: no manifest.json (export one with sdk.export or `edge-sdk export`)
+    sdk.core.errors.BundleError: /nonexistent is not an artifact bundle: no manifest.json (export one with sdk.export or `edge-sdk export`)
     """
     path = Path(path)
     manifest_path = path / MANIFEST

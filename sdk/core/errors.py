@@ -6,7 +6,7 @@ request the target cannot do (`UnsupportedError`), a failure on the device or ag
 own exception is translated once, at the boundary, keeping it as `__cause__`. Every message says
 what failed, where (layer/op, device), and what to try.
 
->>> import sdk.errors as e
+>>> import sdk.core.errors as e
 >>> [c.__name__ for c in e.SdkError.__subclasses__()]
 ['UserInputError', 'UnsupportedError', 'DeviceError', 'InternalError']
 """
