@@ -25,12 +25,14 @@ import openvino as ov
 import torch
 
 import converters
+from converters import driver
 from converters.base import ConversionJob, ConversionResult, Converter
 from sdk.core.errors import ConversionError, InvalidInputsError
 
 __all__ = ["OpenVINOConverter"]
 
 MODEL_FILE = "model.xml"
+_QUANTIZE_STAGE = "NNCF quantization"
 _NOT_COMPUTE = {"Parameter", "Constant", "Result"}
 _CONVOLUTIONS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData"}
 #: ops between a weight Constant and its consumer: decompression (Convert/Subtract/Multiply), layout, FakeQuantize
@@ -55,7 +57,23 @@ class OpenVINOConverter(Converter):
                "symmetric_int8": "true where the device takes symmetric int8 only: activations are quantized "
                                  "symmetrically and INT4's int8 backup weights are symmetric"}
 
-    def convert(self, job: ConversionJob) -> ConversionResult:
+    def failed_op(self, message: str) -> str | None:
+        return _failed_op(message)[0]
+
+    def summary(self, exc: Exception) -> str:
+        return _failed_op(str(exc))[1]
+
+    def hint_for(self, exc: Exception, op: str | None, stage: str | None) -> str:
+        if stage == _QUANTIZE_STAGE:
+            return ("keep the failing layer in float (tolerance= keeps sensitive layers float), or try a gentler "
+                    "scheme (int8-dynamic, fp16)")
+        if op:
+            return ("replace that op with ones OpenVINO converts (see the PyTorch frontend's supported operations), "
+                    "or register an OpenVINO frontend extension for it")
+        return ("the model must be capturable by torch.export at these shapes (no data-dependent Python control "
+                "flow); torch.export.export(model, example_inputs) shows where it stops")
+
+    def build(self, job: ConversionJob) -> ConversionResult:
         device = str(job.profile.converter.get("device", "CPU")).upper()
         model = self._capture(job)
         _name_ports(model, job)
@@ -86,15 +104,8 @@ class OpenVINOConverter(Converter):
     @staticmethod
     def _capture(job: ConversionJob) -> ov.Model:
         shapes = [ov.PartialShape(list(t.shape)) for t in job.example_inputs]
-        try:
+        with driver.stage("ov.convert_model"):
             return ov.convert_model(job.model, example_input=tuple(job.example_inputs), input=shapes, dynamo=True)
-        except Exception as exc:
-            op, why = _failed_op(str(exc))
-            hint = ("replace that op with ones OpenVINO converts (see the PyTorch frontend's supported operations), "
-                    "or register an OpenVINO frontend extension for it") if op else (
-                    "the model must be capturable by torch.export at these shapes (no data-dependent Python control "
-                    "flow); torch.export.export(model, example_inputs) shows where it stops")
-            raise ConversionError(why, fmt="openvino", device=job.profile.id, op=op, hint=hint) from exc
 
 
 def _name_ports(model: ov.Model, job: ConversionJob) -> None:
@@ -133,17 +144,10 @@ def _quantize(model: ov.Model, layers: dict[str, str], job: ConversionJob, devic
     except ImportError as exc:
         raise ConversionError(f"NNCF is not installed ({exc})", fmt="openvino", device=job.profile.id,
                               hint="pip install 'edge-sdk[openvino]' (NNCF quantizes OpenVINO models)") from exc
-    _check_keep_float(job)
-    ignored = nncf.IgnoredScope(names=sorted(op for op, layer in layers.items() if _kept_by(layer, job.keep_float)))
-    try:
+    ignored = nncf.IgnoredScope(names=sorted(op for op, layer in layers.items()
+                                             if driver.kept_by(layer, job.keep_float)))
+    with driver.stage(_QUANTIZE_STAGE):
         return _SCHEMES[job.precision.name](nncf, model, ignored, job, device)
-    except (ConversionError, InvalidInputsError):
-        raise
-    except Exception as exc:
-        raise ConversionError(f"NNCF failed to quantize the model ({job.precision}): {type(exc).__name__}: "
-                              f"{_summary(str(exc))}", fmt="openvino", device=job.profile.id,
-                              hint="keep the failing layer in float (tolerance= keeps sensitive layers float), or "
-                                   "try a gentler scheme (int8-dynamic, fp16)") from exc
 
 
 def _static_int8(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob, device: str) -> tuple[ov.Model, _Plan]:
@@ -247,20 +251,6 @@ _SCHEMES = {"int8": _static_int8, "int8-dynamic": _int8_weights, "int4": _int4_w
 def _feed(sample: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
     """A calibration tuple as the positional inputs OpenVINO's infer takes."""
     return [t.detach().cpu().numpy() for t in sample]
-
-
-def _check_keep_float(job: ConversionJob) -> None:
-    modules = dict(job.model.named_modules())
-    unknown = sorted(name for name in job.keep_float if name not in modules)
-    if unknown:
-        raise ConversionError(f"keep_float names modules the model does not have: {', '.join(unknown)}",
-                              fmt="openvino", device=job.profile.id,
-                              hint="use names from model.named_modules(), e.g. 'features.3'")
-
-
-def _kept_by(layer: str, keep: frozenset[str]) -> str | None:
-    """The keep_float entry that covers `layer` (itself or a parent module), if any."""
-    return next((k for k in sorted(keep) if layer == k or layer.startswith(k + ".")), None)
 
 
 # --- which torch module each IR weight belongs to ---
@@ -378,9 +368,9 @@ def _account(path: Path, layers: dict[str, str], plan: _Plan, job: ConversionJob
 
 
 def _float_reason(layer: str, dtype: str, job: ConversionJob) -> str:
-    kept = _kept_by(layer, job.keep_float)
+    kept = driver.kept_reason(layer, job.keep_float)
     if kept is not None:
-        return "kept in float on request" + ("" if kept == layer else f" (inside kept module {kept!r})")
+        return kept
     weight = getattr(dict(job.model.named_modules()).get(layer), "weight", None)
     width = weight[0].numel() if isinstance(weight, torch.Tensor) else None
     group = getattr(job.precision, "group_size", None)

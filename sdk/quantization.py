@@ -10,7 +10,7 @@ import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -105,8 +105,7 @@ def toolchain_float_layers(result: ConversionResult) -> set[str]:
 
 
 def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: Tolerance, user_tolerance: bool,
-                      heldout: list[tuple], heldout_source: str, convert: Callable[[Converter, ConversionJob], ConversionResult],
-                      max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS) -> ConversionResult:
+                      heldout: list[tuple], heldout_source: str, max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS) -> ConversionResult:
     """Convert with the job's quantization config; with a user tolerance, keep the worst layers in float until met."""
     config = job.precision
     calib = job.calibration or [job.example_inputs]
@@ -121,15 +120,13 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
         attempt = replace(job, keep_float=frozenset(keep))
         log.info("quantizing (%s) with %d layer(s) kept in float", config, len(keep))
         try:
-            candidate = convert(converter, attempt)
+            candidate = converter.convert(attempt)
         except ConversionError as exc:
             if not keep:
                 raise
             unexcludable[keep.pop()] = str(exc)  # e.g. a module whose forward never runs on its own
         else:
             result = candidate
-            if not keep:
-                _check_something_quantized(result, job)
             parity = evaluate(result, attempt.keep_float)
             problems = _misses(parity, tolerance)
             steps.append({"kept_float": list(keep), "min_cosine": min(o["cosine"] for o in parity["outputs"]),
@@ -171,21 +168,6 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
     report["float_layers"] = list(floats.values())
     result.quantization = report
     return result
-
-
-def _check_something_quantized(result: ConversionResult, job: ConversionJob) -> None:
-    """A scheme that left every layer float is not the artifact asked for (e.g. block-wise INT4 on a CNN whose
-    only matrix multiply the toolchain cannot take): refuse it, with the converter's reasons, rather than ship an
-    fp32 file labelled int4."""
-    account = result.quantization or {}
-    if account.get("quantized_layers"):
-        return
-    _clear(job.workdir)
-    reasons = "; ".join(sorted({entry["reason"] for entry in account.get("float_layers", [])})[:3])
-    raise ConversionError(f"{job.precision} quantized no layer of this model ({reasons or 'none reported'})",
-                          fmt=job.profile.format, device=job.profile.id,
-                          hint="use a precision these layers take (int8 quantizes convolutions and linears on every "
-                               "target), or keep the model in fp16/fp32")
 
 
 def _misses(parity: dict[str, Any], tolerance: Tolerance) -> list[str]:
