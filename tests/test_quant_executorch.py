@@ -225,8 +225,6 @@ def test_bad_requests_fail_before_conversion(net, calibration, tmp_path):
     with pytest.raises(UnsupportedRecipeError, match="symmetric_activations=True"):
         _convert(net, calibration[0], tmp_path, sdk.recipes.Int8Static(symmetric_activations=True),
                  calibration=calibration)
-    with pytest.raises(ConversionError, match="keep_float names modules the model does not have: nope"):
-        _convert(net, calibration[0], tmp_path, "int8", calibration=calibration, keep_float=frozenset({"nope"}))
     assert list(tmp_path.iterdir()) == []
 
 
