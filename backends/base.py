@@ -39,12 +39,14 @@ def check_inputs(inputs: Sequence[np.ndarray], manifest: Mapping[str, Any]) -> l
     """Refuse inputs that differ from the manifest's, before a runtime sees (and maybe crashes on) them."""
     declared = manifest.get("inputs", [])
     if len(inputs) != len(declared):
-        raise InputMismatchError(f"model takes {len(declared)} input(s) ({', '.join(d['name'] for d in declared)}), got {len(inputs)}")
+        names = ", ".join(d["name"] for d in declared)
+        raise InputMismatchError(f"model takes {len(declared)} input(s) ({names}), got {len(inputs)}")
     out = []
     for array, spec in zip(inputs, declared):
         array = np.asarray(array)
         if list(array.shape) != list(spec["shape"]):
-            raise InputMismatchError(f"input {spec['name']!r} must have shape {list(spec['shape'])}, got {list(array.shape)}")
+            raise InputMismatchError(f"input {spec['name']!r} must have shape {list(spec['shape'])}, "
+                                     f"got {list(array.shape)}")
         if array.dtype != np.dtype(spec["dtype"]):
             raise InputMismatchError(f"input {spec['name']!r} must be {spec['dtype']}, got {array.dtype}")
         out.append(np.ascontiguousarray(array))

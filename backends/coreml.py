@@ -1,8 +1,9 @@
 """Core ML runtime: run an `.mlpackage` through coremltools' `MLModel.predict` (macOS only).
 
 Core ML itself exists only on Apple platforms, so on Linux this backend reports itself unavailable;
-`spec_summary` (from `sdk.core.readers.coreml`) still reads a bundle's model spec there (coremltools imports and parses specs without
-torch and without the Core ML framework), which is how a Linux host checks what it converted.
+`spec_summary` (from `sdk.core.readers.coreml`) still reads a bundle's model spec there (coremltools imports
+and parses specs without torch and without the Core ML framework), which is how a Linux host checks what it
+converted.
 """
 from __future__ import annotations
 

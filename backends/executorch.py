@@ -45,7 +45,8 @@ def _binding() -> str | None:
 
 def _dtype(scalar_type: int) -> np.dtype:
     if scalar_type not in _SCALAR_TYPES:
-        raise UnsupportedError(f"model.pte has an input of ExecuTorch ScalarType {scalar_type}, which has no numpy dtype")
+        raise UnsupportedError(f"model.pte has an input of ExecuTorch ScalarType {scalar_type}, "
+                               "which has no numpy dtype")
     return np.dtype(_SCALAR_TYPES[scalar_type])
 
 

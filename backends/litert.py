@@ -64,8 +64,8 @@ class LiteRTSession:
                                       ("output", manifest["outputs"], self._outputs)):
             names = [spec["name"] for spec in declared]
             if sorted(names) != sorted(found):
-                raise BundleError(f"the .tflite signature's {kind}s are {sorted(found)}, the manifest declares {names}: "
-                                 "the bundle's model and manifest do not belong together; export it again")
+                raise BundleError(f"the .tflite signature's {kind}s are {sorted(found)}, the manifest declares "
+                                  f"{names}: the bundle's model and manifest do not belong together; export it again")
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         arrays = check_inputs(inputs, self._manifest)

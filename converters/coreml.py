@@ -412,5 +412,5 @@ def _check_spec(summary: dict[str, Any], job: ConversionJob, spec_version: int) 
     if job.precision.name == "fp32" and "float16" in weights:
         problems.append(f"fp32 recipe but fp16 weights (weights by dtype: {weights})")
     if problems:
-        raise InternalError(f"coreml conversion for device {job.profile.id!r}: the saved model.mlpackage does not match "
-                            f"the request: {'; '.join(problems)}. Please report this with the model")
+        raise InternalError(f"coreml conversion for device {job.profile.id!r}: the saved model.mlpackage does not "
+                            f"match the request: {'; '.join(problems)}. Please report this with the model")

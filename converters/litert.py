@@ -135,7 +135,8 @@ class _Provenance:
         self.order = [name for name, _ in named]
         self._patterns = sorted(((name, _module_pattern(model, name)) for name in self.order),
                                 key=lambda item: -item[0].count("."))  # the deepest module that matches wins
-        self._holds_weights = {name for name, module in named if any(p.dim() >= 2 for p in module.parameters(recurse=False))}
+        self._holds_weights = {name for name, module in named
+                               if any(p.dim() >= 2 for p in module.parameters(recurse=False))}
 
     def _module_at(self, location: str) -> str | None:
         return next((name for name, pattern in self._patterns if pattern.search(location)), None)
@@ -169,7 +170,8 @@ def _quantize(job: ConversionJob, path: Path) -> dict[str, Any]:
     transformer = static and {"SOFTMAX", "BATCH_MATMUL"} <= ops  # attention, not a classifier ending in softmax
     recipe = recipe_manager.RecipeManager()
     if static:
-        granularity = qtyping.QuantGranularity.CHANNELWISE if config.per_channel else qtyping.QuantGranularity.TENSORWISE
+        granularity = (qtyping.QuantGranularity.CHANNELWISE if config.per_channel
+                       else qtyping.QuantGranularity.TENSORWISE)
         for op in [qtyping.TFLOperationName[name] for name in _WEIGHT_OPS] if transformer else [every_op]:
             recipe.add_static_config(".*", op, activation_num_bits=8, weight_num_bits=8, weight_granularity=granularity)
     else:
@@ -287,7 +289,8 @@ def _account(job: ConversionJob, quantization: dict[str, Any], table: list[dict[
 
     return {**quantization,
             "quantized_layers": [name for name, dtype in layers.items() if dtype == "int8"],
-            "float_layers": [{"name": name, "reason": reason(name)} for name, dtype in layers.items() if dtype != "int8"],
+            "float_layers": [{"name": name, "reason": reason(name)}
+                             for name, dtype in layers.items() if dtype != "int8"],
             "weight_dtypes": _weight_dtypes(table)}
 
 

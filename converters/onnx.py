@@ -362,7 +362,8 @@ def _read_back(job: ConversionJob, model: onnx.ModelProto, float_reasons: dict[s
         elif reason is None:
             reason = float_reasons.get(node.name, f"ONNX Runtime's quantizer left this {node.op_type} in {dtype}")
         float_layers.append({"name": layer, "reason": reason})
-    return {"quantized_layers": quantized, "float_layers": float_layers, "weight_dtypes": dict(Counter(weights.values()))}
+    return {"quantized_layers": quantized, "float_layers": float_layers,
+            "weight_dtypes": dict(Counter(weights.values()))}
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:

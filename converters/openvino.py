@@ -312,7 +312,7 @@ def _same_weight(const: np.ndarray, weight: np.ndarray) -> bool:
 
 
 def _proportional(a: np.ndarray, b: np.ndarray, axis: int) -> bool:
-    """Every slice of `a` along `axis` is a scalar multiple of that slice of `b` (exactly equal for 1-element slices)."""
+    """Every slice of `a` along `axis` is a scalar multiple of that slice of `b` (equal for 1-element slices)."""
     a2 = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).astype(np.float64)
     b2 = np.moveaxis(b, axis, 0).reshape(b.shape[axis], -1).astype(np.float64)
     if a2.shape[1] < 2:

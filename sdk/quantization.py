@@ -73,7 +73,8 @@ class HeldOutEvaluator:
             manifest = {"inputs": _specs("in", self.job.example_inputs), "outputs": _specs("out", self.reference[0]),
                         "runtime_options": dict(self.job.profile.converter)}
             outputs, ran_on = self._run(result, manifest)
-        got = [np.concatenate([o[i].reshape(1, -1) if o[i].ndim < 2 else o[i] for o in outputs]) for i in range(len(outputs[0]))]
+        got = [np.concatenate([o[i].reshape(1, -1) if o[i].ndim < 2 else o[i] for o in outputs])
+               for i in range(len(outputs[0]))]
         ref = [np.concatenate([r[i].reshape(1, -1) if r[i].ndim < 2 else r[i] for r in self.reference])
                for i in range(len(self.reference[0]))]
         return {"ran_on": ran_on, "samples": len(self.heldout), **compare(got, ref, {"min_cosine": -1.0})}
@@ -105,7 +106,8 @@ def toolchain_float_layers(result: ConversionResult) -> set[str]:
 
 
 def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: Tolerance, user_tolerance: bool,
-                      heldout: list[tuple], heldout_source: str, max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS) -> ConversionResult:
+                      heldout: list[tuple], heldout_source: str,
+                      max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS) -> ConversionResult:
     """Convert with the job's quantization config; with a user tolerance, keep the worst layers in float until met."""
     config = job.precision
     calib = job.calibration or [job.example_inputs]
@@ -134,7 +136,8 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
             if sensitivity is None:  # after the first conversion, which says whether activations were quantized
                 log.info("measuring per-layer sensitivity to %s", config)
                 sensitivity = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES],
-                                                heldout[:MAX_SENSITIVITY_SAMPLES], weight_only=weight_only_artifact(result))
+                                                heldout[:MAX_SENSITIVITY_SAMPLES],
+                                                weight_only=weight_only_artifact(result))
             if not problems or not user_tolerance:
                 break
         skip = set(keep) | set(unexcludable) | toolchain_float_layers(result)
@@ -154,7 +157,8 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
     report.update({
         "config": config.to_string(),
         "heldout": {"source": heldout_source, **parity},
-        "sensitivity": {"method": "torch fake-quant of the same scheme, one layer at a time; sorted by model-output SQNR"
+        "sensitivity": {"method": "torch fake-quant of the same scheme, one layer at a time; sorted by model-output "
+                                  "SQNR"
                                   + (" (weights only, as the artifact keeps activations in float)"
                                      if weight_only_artifact(result) else ""),
                         "layers_measured": len(sensitivity), "worst": sensitivity[:TOP_OFFENDERS]},
@@ -193,5 +197,6 @@ def _flat(out) -> list[torch.Tensor]:
 
 
 def _specs(prefix: str, arrays) -> list[dict[str, Any]]:
-    return [{"name": f"{prefix}_{i}", "shape": list(a.shape), "dtype": str(a.numpy().dtype if hasattr(a, "numpy") else a.dtype)}
+    return [{"name": f"{prefix}_{i}", "shape": list(a.shape),
+             "dtype": str(a.numpy().dtype if hasattr(a, "numpy") else a.dtype)}
             for i, a in enumerate(arrays)]

@@ -62,9 +62,10 @@ def test_tolerance_defaults_follow_recipe():
     assert resolve(sdk.devices.get("android"), None).tolerance().min_cosine == 0.9999
 
 
-@pytest.mark.parametrize("config", [sdk.Int8Static(per_channel=False), sdk.Distill(steps=10, lr=0.1),
-                                    Int4Weight(group_size=64), LowRank(energy=0.9, scope={"fc": None, "conv": LowRank(ratio=0.25)}),
-                                    Prune(sparsity=0.5, structured=False, importance="l1")])
+@pytest.mark.parametrize("config", [
+    sdk.Int8Static(per_channel=False), sdk.Distill(steps=10, lr=0.1), Int4Weight(group_size=64),
+    LowRank(energy=0.9, scope={"fc": None, "conv": LowRank(ratio=0.25)}),
+    Prune(sparsity=0.5, structured=False, importance="l1")])
 def test_dict_form_is_lossless(config):
     data = json.loads(json.dumps(config.to_dict()))  # what a manifest stores
     assert from_dict(data) == config
@@ -72,8 +73,9 @@ def test_dict_form_is_lossless(config):
 
 def test_dict_form_refuses_unknown_keys_names_and_versions():
     good = sdk.Int8Static().to_dict()
-    for bad, match in (({**good, "per_chanel": False}, "no field 'per_chanel'"), ({**good, "config": "int9"}, "unknown config"),
-                       ({**good, "version": 99}, "version 99"), ({"per_channel": True}, "'config' key")):
+    for bad, match in (({**good, "per_chanel": False}, "no field 'per_chanel'"),
+                       ({**good, "config": "int9"}, "unknown config"), ({**good, "version": 99}, "version 99"),
+                       ({"per_channel": True}, "'config' key")):
         with pytest.raises(RecipeError, match=match):
             from_dict(bad)
 
@@ -87,9 +89,11 @@ def test_manifest_reads_back_the_exact_recipe(tmp_path):
                               outputs=[x], recipe=plan)
         path = writer.commit()
     art = load_artifact(path)
-    assert art.recipe == plan and art.manifest["recipe"] == ["distill:10", "int8"]  # the short form drops lr, per_channel
+    assert art.recipe == plan
+    assert art.manifest["recipe"] == ["distill:10", "int8"]  # the short form drops lr and per_channel
 
 
 def test_configs_carry_their_facts():
     assert [(c.quantizes, c.activations, c.peak_key) for c in parse("fp16, int8, int8-dynamic, int4")] == [
-        (False, "float", "fp16"), (True, "int8-static", "int8"), (True, "int8-dynamic", "int8"), (True, "float", "int8")]
+        (False, "float", "fp16"), (True, "int8-static", "int8"), (True, "int8-dynamic", "int8"),
+        (True, "float", "int8")]

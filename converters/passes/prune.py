@@ -98,7 +98,8 @@ def _structured(model: nn.Module, config: Prune, layers: dict[str, Prune | None]
         layer = model.get_submodule(name)
         pruned = _weight(layer).detach()
         if pruned.shape != weight.shape:  # error = norm of the removed weights, relative to the whole
-            kept = float(torch.linalg.vector_norm(pruned.double()) / torch.linalg.vector_norm(weight.double()).clamp_min(1e-30))
+            norm = torch.linalg.vector_norm
+            kept = float(norm(pruned.double()) / norm(weight.double()).clamp_min(1e-30))
             rows.append(layer_row(name, layer, params, layer, max(0.0, 1.0 - kept ** 2) ** 0.5,
                                   weight_shape_before=list(weight.shape), weight_shape_after=list(pruned.shape)))
     return model, {"layers": rows, "kept_whole": keep_names,

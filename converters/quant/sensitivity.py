@@ -120,7 +120,9 @@ class _Simulator:
         elif self.dynamic:
             x = _fake_quant_activation(x, float(x.min()), float(x.max()))
         w = self.qweights[name]
-        return m._conv_forward(x, w, m.bias) if isinstance(m, (nn.Conv1d, nn.Conv2d)) else nn.functional.linear(x, w, m.bias)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            return m._conv_forward(x, w, m.bias)
+        return nn.functional.linear(x, w, m.bias)
 
     def hook(self, name: str, record: list | None = None):
         """A forward hook replacing the layer's output by its quantized one (recording both if asked)."""

@@ -124,15 +124,16 @@ def load_artifact(path: str | Path) -> Artifact:
     """Open a bundle folder, checking the manifest has every required key.
 
     >>> import sdk
-    >>> sdk.load_artifact("/nonexistent")
+    >>> sdk.load_artifact("/nonexistent")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    sdk.core.errors.BundleError: /nonexistent is not an artifact bundle: no manifest.json (export one with sdk.export or `edge-sdk export`)
+    sdk.core.errors.BundleError: /nonexistent is not an artifact bundle: no manifest.json (export one with ...)
     """
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise BundleError(f"{path} is not an artifact bundle: no {MANIFEST} (export one with sdk.export or `edge-sdk export`)")
+        raise BundleError(f"{path} is not an artifact bundle: no {MANIFEST} "
+                          "(export one with sdk.export or `edge-sdk export`)")
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
@@ -174,8 +175,9 @@ class BundleWriter:
         np.savez(self.staging / REFERENCE, **arrays)
 
     def write_manifest(self, *, device: str, fmt: str, runtime: str, model_file: str,
-                       inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], recipe: Recipe | Sequence[str | Config],
-                       runtime_options: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict:
+                       inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
+                       recipe: Recipe | Sequence[str | Config], runtime_options: Mapping[str, Any] | None = None,
+                       extra: Mapping[str, Any] | None = None) -> dict:
         """Write manifest.json listing every file staged so far (call after the model and reference).
 
         The recipe goes in twice: `recipe` (short strings, for display) and `recipe_configs` (the

@@ -75,7 +75,9 @@ class Config:
         if self.arg_field is None:
             return self.name
         value = getattr(self, self.arg_field)
-        return self.name if value is None else f"{self.name}:{value:g}" if isinstance(value, float) else f"{self.name}:{value}"
+        if value is None:
+            return self.name
+        return f"{self.name}:{value:g}" if isinstance(value, float) else f"{self.name}:{value}"
 
     def __str__(self) -> str:
         return self.to_string()
@@ -176,7 +178,8 @@ class Int4Weight(Config):
     group_size: int = 32
 
     def __post_init__(self) -> None:
-        self._check(self.group_size in (16, 32, 64, 128, 256), f"group_size must be 16..256 (power of two), got {self.group_size}")
+        self._check(self.group_size in (16, 32, 64, 128, 256),
+                    f"group_size must be 16..256 (power of two), got {self.group_size}")
 
 
 @_register
@@ -268,7 +271,7 @@ class LowRank(Config):
 @_register
 @dataclass(frozen=True)
 class DepthwiseSeparable(Config):
-    """Replace dense k x k convolutions by depthwise k x k (`multiplier` filters per input channel) + pointwise 1 x 1."""
+    """Replace dense k x k convolutions by depthwise k x k (`multiplier` filters per input channel) + pointwise 1x1."""
 
     name: ClassVar[str] = "depthwise"
     kind: ClassVar[str] = "pass"
@@ -377,8 +380,9 @@ def parse(recipe: ConfigLike | Iterable[ConfigLike] | None) -> list[Config]:
         if name not in _REGISTRY:
             hint = closest(name, _REGISTRY)
             did_you_mean = f" Did you mean {hint!r}?" if hint else ""
-            raise RecipeError(f"unknown recipe entry {item!r}.{did_you_mean} Valid entries: {', '.join(config_names())} "
-                              "(with an argument where it takes one, e.g. 'prune:0.3', 'lowrank:0.5', 'int4:32', 'palettize:4').")
+            raise RecipeError(f"unknown recipe entry {item!r}.{did_you_mean} Valid entries: "
+                              f"{', '.join(config_names())} (with an argument where it takes one, e.g. 'prune:0.3', "
+                              "'lowrank:0.5', 'int4:32', 'palettize:4').")
         out.append(_REGISTRY[name].from_arg(arg.strip() or None))
     return out
 
@@ -388,10 +392,10 @@ def from_dict(data: Mapping[str, Any]) -> Config:
 
     >>> from_dict({"config": "int8", "version": 1, "per_channel": False}) == Int8Static(per_channel=False)
     True
-    >>> from_dict({"config": "int8", "version": 1, "per_chanel": False})
+    >>> from_dict({"config": "int8", "version": 1, "per_chanel": False})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    sdk.core.errors.RecipeError: config 'int8' (Int8Static) has no field 'per_chanel'; its fields: per_channel, symmetric_activations
+    sdk.core.errors.RecipeError: config 'int8' (Int8Static) has no field 'per_chanel'; its fields: per_channel, ...
     """
     if not isinstance(data, Mapping) or "config" not in data:
         raise RecipeError(f"a config dict needs a 'config' key naming the config, got {data!r}")

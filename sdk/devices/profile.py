@@ -88,7 +88,8 @@ class DeviceProfile:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, Mapping) else value
+            out[f.name] = (list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, Mapping)
+                           else value)
         return out
 
     @classmethod
