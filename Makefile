@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## export the sample MobileNetV2 to every device profile and print the report
 	$(BIN)/edge-sdk export samples/mobilenet_v2.py:build --device all --out out/
 
-test: $(STAMP)  ## the whole test suite
+test: $(STAMP)  ## the whole test suite, after ruff and the import-layer contracts (both configured in pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 BENCH_STAMP := $(VENV)/.bench-stamp

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from backends.base import Backend, InputMismatchError, Session, check_inputs
+from sdk.core.errors import RegistryError, RuntimeUnavailableError, closest
 
 __all__ = ["Backend", "Session", "InputMismatchError", "check_inputs", "register", "get", "runtimes", "load"]
 
@@ -32,7 +33,8 @@ _registry: dict[str, Backend] = {}
 def register(backend_cls: type[Backend]) -> type[Backend]:
     """Class decorator: register a backend under its `runtime` name; duplicates are refused."""
     if backend_cls.runtime in _registry:
-        raise ValueError(f"a backend for runtime {backend_cls.runtime!r} is already registered")
+        raise RegistryError(f"a backend for runtime {backend_cls.runtime!r} is already registered "
+                            f"({type(_registry[backend_cls.runtime]).__name__}); pick another runtime name")
     _registry[backend_cls.runtime] = backend_cls()
     return backend_cls
 
@@ -42,11 +44,14 @@ def runtimes() -> list[str]:
 
 
 def get(runtime: str) -> Backend:
-    """The backend for `runtime` (KeyError listing the known ones if there is none)."""
+    """The backend for `runtime` (RuntimeUnavailableError naming the known ones if there is none)."""
     if runtime not in _registry and runtime in BUILTIN:
         importlib.import_module(BUILTIN[runtime])
     if runtime not in _registry:
-        raise KeyError(f"no backend for runtime {runtime!r}; known runtimes: {', '.join(runtimes())}")
+        hint = closest(runtime, runtimes())
+        did_you_mean = f" Did you mean {hint!r}?" if hint else ""
+        raise RuntimeUnavailableError(f"no backend for runtime {runtime!r}.{did_you_mean} Known runtimes: "
+                                      f"{', '.join(runtimes())}")
     return _registry[runtime]
 
 
@@ -58,5 +63,5 @@ def load(bundle_dir: str | Path, manifest: Mapping[str, Any] | None = None) -> S
     backend = get(manifest["runtime"])
     reason = backend.unavailable_reason()
     if reason:
-        raise RuntimeError(f"runtime {manifest['runtime']!r} cannot run here: {reason}")
+        raise RuntimeUnavailableError(f"runtime {manifest['runtime']!r} cannot run here: {reason}")
     return backend.load(bundle_dir / manifest["model_file"], manifest)

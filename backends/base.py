@@ -10,6 +10,8 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from sdk.core.errors import InputMismatchError
+
 
 class Session(Protocol):
     """A loaded model. `ran_on` names what really executes it, e.g. 'onnxruntime 1.31 CPUExecutionProvider'.
@@ -37,20 +39,18 @@ class Backend:
         raise NotImplementedError  # pragma: no cover
 
 
-class InputMismatchError(ValueError):
-    """Inputs do not match the model's declared inputs (count, shape or dtype)."""
-
-
 def check_inputs(inputs: Sequence[np.ndarray], manifest: Mapping[str, Any]) -> list[np.ndarray]:
     """Refuse inputs that differ from the manifest's, before a runtime sees (and maybe crashes on) them."""
     declared = manifest.get("inputs", [])
     if len(inputs) != len(declared):
-        raise InputMismatchError(f"model takes {len(declared)} input(s) ({', '.join(d['name'] for d in declared)}), got {len(inputs)}")
+        names = ", ".join(d["name"] for d in declared)
+        raise InputMismatchError(f"model takes {len(declared)} input(s) ({names}), got {len(inputs)}")
     out = []
     for array, spec in zip(inputs, declared):
         array = np.asarray(array)
         if list(array.shape) != list(spec["shape"]):
-            raise InputMismatchError(f"input {spec['name']!r} must have shape {list(spec['shape'])}, got {list(array.shape)}")
+            raise InputMismatchError(f"input {spec['name']!r} must have shape {list(spec['shape'])}, "
+                                     f"got {list(array.shape)}")
         if array.dtype != np.dtype(spec["dtype"]):
             raise InputMismatchError(f"input {spec['name']!r} must be {spec['dtype']}, got {array.dtype}")
         out.append(np.ascontiguousarray(array))

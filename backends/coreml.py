@@ -1,166 +1,29 @@
 """Core ML runtime: run an `.mlpackage` through coremltools' `MLModel.predict` (macOS only).
 
 Core ML itself exists only on Apple platforms, so on Linux this backend reports itself unavailable;
-`spec_summary` still reads a bundle's model spec there (coremltools imports and parses specs without
-torch and without the Core ML framework), which is how a Linux host checks what it converted.
+`spec_summary` (from `sdk.core.readers.coreml`) still reads a bundle's model spec there (coremltools imports
+and parses specs without torch and without the Core ML framework), which is how a Linux host checks what it
+converted.
 """
 from __future__ import annotations
 
-import platform
-from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 import backends
 from backends.base import Backend, check_inputs
+from sdk.core.readers.coreml import feature_specs, runtime_unavailable_reason, spec_summary, weight_storage
 
 __all__ = ["CoreMLBackend", "CoreMLSession", "spec_summary", "weight_storage"]
-
-#: MIL tensor dtypes that hold op parameters (shapes, axes, flags), not weights
-_PARAMETER_DTYPES = {"INT32", "INT64", "UINT32", "UINT64", "BOOL", "STRING"}
-#: the input of each compression op that holds the narrow data (iOS16 names them as attributes, iOS18 as inputs)
-_COMPRESSED_DATA = {"constexpr_affine_dequantize": "quantized_data", "constexpr_blockwise_shift_scale": "data",
-                    "constexpr_lut_to_dense": "indices", "constexpr_sparse_to_dense": "nonzero_data"}
-
-
-def spec_summary(model_path: str | Path) -> dict[str, Any]:
-    """What a saved Core ML model declares: I/O names, shapes and dtypes, the ML program's ops and weight dtypes.
-
-    `ops` counts the program's operations by type, constants left out; `weight_dtypes` counts the elements
-    of its constant tensors (plain and `constexpr_*` compressed ones) by dtype, parameters such as
-    shapes and axes left out. Runs anywhere coremltools imports, Linux included.
-    """
-    from coremltools.models.utils import load_spec
-    from coremltools.proto import MIL_pb2
-
-    spec = load_spec(str(model_path))
-    summary: dict[str, Any] = {
-        "specification_version": spec.specificationVersion,
-        "model_type": spec.WhichOneof("Type"),
-        **_io(spec.description),
-    }
-    if summary["model_type"] != "mlProgram":
-        return summary
-    ops: Counter[str] = Counter()
-    weights: Counter[str] = Counter()
-    main = spec.mlProgram.functions["main"]
-    for op in _walk(main.block_specializations[main.opset].operations):
-        if _is_const(op):
-            for _, value in _values(op):
-                tensor = value.type.tensorType
-                dtype = MIL_pb2.DataType.Name(tensor.dataType)
-                if tensor.rank > 0 and dtype not in _PARAMETER_DTYPES:
-                    weights[dtype.lower()] += int(np.prod([d.constant.size for d in tensor.dimensions]))
-        if op.type != "const":
-            ops[op.type] += 1
-    summary |= {"opset": main.opset, "ops": dict(ops.most_common()), "weight_dtypes": dict(weights)}
-    return summary
-
-
-def weight_storage(model_path: str | Path) -> list[dict[str, Any]]:
-    """How each weight of an ML program is stored, read from the saved spec.
-
-    A weight is a float constant of rank >= 2 that an op reads (conv/linear filters, embedding tables;
-    biases and norm scales are left out). One entry per (op, input): `op` (the op's name), `op_type`,
-    `input`, `shape` (the dense weight's), `numel` and `stored`: "float16"/"float32" for a plain
-    constant, the narrow data type for a linear quantization ("int8", "int4", ...), "lut_uint<n>" for
-    a palettization (n-bit indices into a float lookup table), else the compression op's type.
-    """
-    from coremltools.models.utils import load_spec
-    from coremltools.proto import MIL_pb2
-
-    spec = load_spec(str(model_path))
-    if spec.WhichOneof("Type") != "mlProgram":
-        return []
-    main = spec.mlProgram.functions["main"]
-    operations = list(_walk(main.block_specializations[main.opset].operations))
-    producers = {output.name: op for op in operations for output in op.outputs}
-    entries = []
-    for op in operations:
-        if _is_const(op):
-            continue
-        for param, binding in op.inputs.items():
-            for argument in binding.arguments:
-                source = producers.get(argument.name) if argument.WhichOneof("binding") == "name" else None
-                if source is None or not _is_const(source):
-                    continue
-                tensor = next(o for o in source.outputs if o.name == argument.name).type.tensorType
-                if tensor.rank < 2 or not MIL_pb2.DataType.Name(tensor.dataType).startswith("FLOAT"):
-                    continue
-                shape = [d.constant.size for d in tensor.dimensions]
-                entries.append({"op": _name(op), "op_type": op.type, "input": param, "shape": shape,
-                                "numel": int(np.prod(shape)), "stored": _stored(source, producers)})
-    return entries
-
-
-def _stored(op: Any, producers: Mapping[str, Any]) -> str:
-    from coremltools.proto import MIL_pb2
-
-    values = dict(_values(op, producers))
-    if op.type == "const":
-        return MIL_pb2.DataType.Name(values["val"].type.tensorType.dataType).lower()
-    if op.type == "constexpr_lut_to_dense":
-        dims = [d.constant.size for d in values["lut"].type.tensorType.dimensions]
-        entries = dims[0] if len(dims) == 1 else dims[-2]  # iOS16: (2**n,); iOS18: (..., 2**n, vector size)
-        return f"lut_uint{int(entries).bit_length() - 1}"
-    data = values.get(_COMPRESSED_DATA.get(op.type, ""))
-    return MIL_pb2.DataType.Name(data.type.tensorType.dataType).lower() if data is not None else op.type
-
-
-def _is_const(op: Any) -> bool:
-    return op.type == "const" or op.type.startswith("constexpr_")
-
-
-def _values(op: Any, producers: Mapping[str, Any] | None = None) -> Iterator[tuple[str, Any]]:
-    """A constant op's tensor values by name: attributes (const, iOS16 constexpr ops) and inputs bound to
-    values (iOS18 constexpr ops); with `producers`, inputs bound to other constants' names too."""
-    yield from op.attributes.items()
-    for key, binding in op.inputs.items():
-        for argument in binding.arguments:
-            if argument.WhichOneof("binding") == "value":
-                yield key, argument.value
-            elif producers is not None and argument.name in producers:
-                source = producers[argument.name]
-                if source.type == "const":
-                    yield key, source.attributes["val"]
-
-
-def _name(op: Any) -> str:
-    name = op.attributes.get("name")
-    return name.immediateValue.tensor.strings.values[0] if name is not None else op.outputs[0].name
-
-
-def _walk(operations: Sequence[Any]) -> Iterator[Any]:
-    """Every operation, including those in nested blocks (cond, while_loop)."""
-    for op in operations:
-        yield op
-        for block in op.blocks:
-            yield from _walk(block.operations)
-
-
-def _io(description: Any) -> dict[str, list[dict[str, Any]]]:
-    return {"inputs": [_feature(f) for f in description.input], "outputs": [_feature(f) for f in description.output]}
-
-
-def _feature(feature: Any) -> dict[str, Any]:
-    from coremltools.proto import FeatureTypes_pb2
-
-    kind = feature.type.WhichOneof("Type")
-    if kind != "multiArrayType":
-        return {"name": feature.name, "type": kind}
-    array = feature.type.multiArrayType
-    dtype = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(array.dataType).lower()
-    return {"name": feature.name, "shape": list(array.shape), "dtype": "float64" if dtype == "double" else dtype}
-
 
 class CoreMLSession:
     """A loaded Core ML model. Unverified on this project's Linux CI: kept to the documented predict() call."""
 
     def __init__(self, model: Any, manifest: Mapping[str, Any], compute_units: str, version: str):
         self._model, self._manifest = model, manifest
-        declared = {f["name"]: f.get("dtype") for f in _io(model.get_spec().description)["inputs"]}
+        declared = {f["name"]: f.get("dtype") for f in feature_specs(model.get_spec().description)["inputs"]}
         # Core ML has no int64 features: the converter declares int32 where torch had int64.
         self._dtypes = [np.dtype(declared[spec["name"]]) for spec in manifest["inputs"]]
         self.ran_on = f"Core ML via coremltools {version}, compute_units={compute_units} (Core ML places each op)"
@@ -180,14 +43,7 @@ class CoreMLBackend(Backend):
     runtime = "coreml"
 
     def unavailable_reason(self) -> str | None:
-        if platform.system() != "Darwin":
-            return (f"Core ML runs only on macOS/iOS; this host is {platform.system()} — the bundle was converted "
-                    "and its spec checked, not run")
-        try:
-            import coremltools  # noqa: F401
-        except ImportError as exc:
-            return f"coremltools is not installed ({exc}); pip install coremltools"
-        return None
+        return runtime_unavailable_reason()
 
     def load(self, model_path: Path, manifest: Mapping[str, Any]) -> CoreMLSession:
         import coremltools as ct

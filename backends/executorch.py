@@ -19,6 +19,7 @@ import numpy as np
 
 from backends import register
 from backends.base import Backend, check_inputs
+from sdk.core.errors import BundleError, UnsupportedError
 
 #: ExecuTorch ScalarType codes (runtime/core/portable_type/scalar_type.h) that a program's I/O may use
 _SCALAR_TYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.float16, 6: np.float32,
@@ -44,7 +45,8 @@ def _binding() -> str | None:
 
 def _dtype(scalar_type: int) -> np.dtype:
     if scalar_type not in _SCALAR_TYPES:
-        raise ValueError(f"model.pte has an input of ExecuTorch ScalarType {scalar_type}, which has no numpy dtype")
+        raise UnsupportedError(f"model.pte has an input of ExecuTorch ScalarType {scalar_type}, "
+                               "which has no numpy dtype")
     return np.dtype(_SCALAR_TYPES[scalar_type])
 
 
@@ -71,7 +73,7 @@ class ExecuTorchSession:
                  manifest: Mapping[str, Any], ran_on: str):
         declared = [(list(s["shape"]), np.dtype(s["dtype"])) for s in manifest["inputs"]]
         if declared != program_inputs:
-            raise ValueError(f"model.pte takes inputs {_describe(program_inputs)}, the manifest declares "
+            raise BundleError(f"model.pte takes inputs {_describe(program_inputs)}, the manifest declares "
                              f"{_describe(declared)}: the bundle's model and manifest do not belong together; "
                              "export it again")
         self.ran_on = ran_on

@@ -8,67 +8,16 @@ scale and zero point, so callers always pass and receive the manifest's float ar
 """
 from __future__ import annotations
 
-import importlib
 import os
-from collections import Counter
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from backends import register
 from backends.base import Backend, InputMismatchError, check_inputs
-
-#: Python packages that provide a LiteRT interpreter, in order of preference.
-_RUNTIMES = ("ai_edge_litert", "tflite_runtime")
-
-
-def _interpreter_module() -> tuple[ModuleType, str]:
-    """The first installed interpreter module and a 'package version' label for it."""
-    for name in _RUNTIMES:
-        try:
-            module = importlib.import_module(f"{name}.interpreter")
-        except ImportError:
-            continue
-        return module, f"{name} {getattr(importlib.import_module(name), '__version__', '?')}"
-    raise ImportError("neither ai_edge_litert nor tflite_runtime is installed")
-
-
-def open_interpreter(model_path: str | Path, num_threads: int) -> tuple[Any, str]:
-    """A LiteRT interpreter for `model_path` with default delegates (XNNPACK) applied, and its runtime label."""
-    module, label = _interpreter_module()
-    interpreter = module.Interpreter(model_path=str(model_path), num_threads=num_threads)
-    interpreter.allocate_tensors()
-    return interpreter, label
-
-
-def delegation(interpreter: Any) -> dict[str, Any]:
-    """How many of the model's ops a delegate (XNNPACK by default) took, from the interpreter's node list.
-
-    After delegation the node list holds the model's ops followed by one DELEGATE node per partition; a
-    partition's ops are those reached walking back from its outputs to its inputs.
-    """
-    nodes = interpreter._get_ops_details()  # the only Python view of delegation; stable since TF 2.5
-    ops = [n for n in nodes if n["op_name"] != "DELEGATE"]
-    producer = {int(t): n["index"] for n in ops for t in n["outputs"]}
-    delegated: set[int] = set()
-    for node in (n for n in nodes if n["op_name"] == "DELEGATE"):
-        boundary = {int(t) for t in node["inputs"]}
-        stack = [int(t) for t in node["outputs"]]
-        while stack:
-            tensor = stack.pop()
-            index = producer.get(tensor)
-            if tensor in boundary or index is None or index in delegated:
-                continue
-            delegated.add(index)
-            stack.extend(int(t) for t in nodes[index]["inputs"] if t >= 0)
-    return {
-        "ops": len(ops),
-        "delegated_ops": len(delegated),
-        "op_types": dict(Counter(n["op_name"] for n in ops)),
-        "not_delegated": dict(Counter(n["op_name"] for n in ops if n["index"] not in delegated)),
-    }
+from sdk.core.errors import BundleError
+from sdk.core.readers.litert import delegation, interpreter_module, open_interpreter
 
 
 def _quantized(detail: Mapping[str, Any]) -> bool:
@@ -115,8 +64,8 @@ class LiteRTSession:
                                       ("output", manifest["outputs"], self._outputs)):
             names = [spec["name"] for spec in declared]
             if sorted(names) != sorted(found):
-                raise ValueError(f"the .tflite signature's {kind}s are {sorted(found)}, the manifest declares {names}: "
-                                 "the bundle's model and manifest do not belong together; export it again")
+                raise BundleError(f"the .tflite signature's {kind}s are {sorted(found)}, the manifest declares "
+                                  f"{names}: the bundle's model and manifest do not belong together; export it again")
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         arrays = check_inputs(inputs, self._manifest)
@@ -135,7 +84,7 @@ class LiteRTBackend(Backend):
 
     def unavailable_reason(self) -> str | None:
         try:
-            _interpreter_module()
+            interpreter_module()
         except ImportError as exc:
             return f"{exc}: pip install ai-edge-litert (or tflite-runtime, on boards that ship only that)"
         return None

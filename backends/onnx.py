@@ -18,6 +18,7 @@ import numpy as np
 
 import backends
 from backends.base import Backend, check_inputs
+from sdk.core.recipes import Recipe
 
 __all__ = ["OnnxRuntimeBackend", "OrtSession", "TensorRTBackend"]
 
@@ -116,7 +117,12 @@ class TensorRTBackend(_OrtBackend):
 
 
 def _engine_flags(manifest: Mapping[str, Any]) -> list[str]:
-    """The TensorRT builder precisions the bundle's recipe needs, besides fp32."""
-    precisions = {entry.partition(":")[0] for entry in manifest.get("recipe", [])}
-    return [flag for flag, needed_by in (("fp16", {"fp16", "int4"}), ("int8", {"int8", "int4"}))
-            if precisions & needed_by]
+    """The TensorRT builder precisions the bundle's recipe needs, besides fp32, from its lossless configs.
+
+    Quantized graphs are Q/DQ (INT8 flag); float compute runs in fp16 where the config's peak figure is
+    fp16 or where a weight-only scheme (INT4) feeds float matrix multiplies.
+    """
+    configs = Recipe.from_dicts(manifest.get("recipe_configs", ())).configs
+    fp16 = any(c.peak_key == "fp16" or (c.quantizes and c.activations == "float") for c in configs)
+    int8 = any(c.quantizes for c in configs)
+    return [flag for flag, needed in (("fp16", fp16), ("int8", int8)) if needed]

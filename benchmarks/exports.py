@@ -58,7 +58,7 @@ class Cache:
 
 def error_text(exc: BaseException) -> str:
     """Type, first line and (for non-SDK errors) the innermost frame: enough to tell where it broke."""
-    from sdk.errors import SdkError
+    from sdk.core.errors import SdkError
 
     lines = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
@@ -84,7 +84,7 @@ class Task:
 
     def run(self, cache_root: Path, deadline: float) -> dict[str, Any]:
         """{"status": "ok", "cached", "export_s"} or {"status": "unsupported: ..." / "failed: ..." / "skipped: ..."}."""
-        from sdk.errors import UnsupportedRecipeError
+        from sdk.core.errors import UnsupportedRecipeError
 
         if time.time() > deadline:
             return {"status": "skipped: over the time budget"}

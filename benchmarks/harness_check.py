@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sdk.agent import LocalAgent
-from sdk.artifact import load_artifact
+from sdk.core.bundle import load_artifact
 
 TOOLS = {"openvino": "benchmark_app", "litert": "litert-benchmark", "onnxruntime": "onnxruntime_test",
          "tensorrt": "onnxruntime_test"}

@@ -66,7 +66,7 @@ def main() -> None:
             artifact = sdk.load_artifact(args.out / sdk.devices.get(target).id) if args.reuse else sdk.export(
                 model, target, task="text-generation", recipe=["int4:32"], calibration=texts, max_seq_len=max_seq,
                 output_dir=args.out).artifact
-        except sdk.errors.SdkError as exc:
+        except sdk.core.errors.SdkError as exc:
             results["targets"][target] = {"error": str(exc)}
             continue
         export_s = None if args.reuse else time.perf_counter() - t0

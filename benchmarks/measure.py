@@ -12,7 +12,7 @@ import torch
 
 import backends
 from sdk.agent.bench import latency_stats
-from sdk.artifact import load_artifact
+from sdk.core.bundle import load_artifact
 
 
 #: torch's own default thread count, read before the benchmark changes it

@@ -18,7 +18,7 @@ import samples.digits_cnn as digits
 from benchmarks.machine import describe
 from converters.passes import apply
 from converters.passes.metrics import count_macs, count_nonzero, count_params
-from sdk.recipes import Distill, LowRank, Prune
+from sdk.core.recipes import Distill, LowRank, Prune
 
 __all__ = ["DISTILL_STEPS", "END", "PAGE", "START", "TABLE_RECIPES", "WEIGHT_DEPENDENT", "digits_table", "format_table",
            "machine_line", "quoted_table", "render_page", "trained_digits"]

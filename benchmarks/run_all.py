@@ -35,7 +35,7 @@ from benchmarks.exports import Cache, Task, error_text, init_worker, run_task, s
 from benchmarks.models import BUILDERS, Workload  # noqa: E402
 from converters.passes.metrics import count_macs, count_params  # noqa: E402
 from sdk.agent import LocalAgent  # noqa: E402
-from sdk.recipes import Config, Distill  # noqa: E402
+from sdk.core.recipes import Config, Distill  # noqa: E402
 
 TARGETS = ("intel-cpu", "android-arm64", "android-litert", "jetson-orin-nano")
 #: what actually runs on this host for each target format (the devices are not here)

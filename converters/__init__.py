@@ -10,18 +10,12 @@ import importlib
 from importlib import metadata
 
 from converters.base import ConversionJob, ConversionResult, Converter
-from sdk.errors import InternalError, UnsupportedError
+from sdk.core import formats as _formats
+from sdk.core.errors import InternalError, ProfileError, UnsupportedError, closest
+from sdk.core.formats import BUILTIN, ENTRY_POINT_GROUP
 
 __all__ = ["Converter", "ConversionJob", "ConversionResult", "register", "get", "formats"]
 
-BUILTIN = {
-    "executorch": "converters.executorch",
-    "coreml": "converters.coreml",
-    "openvino": "converters.openvino",
-    "onnx": "converters.onnx",
-    "litert": "converters.litert",
-}
-ENTRY_POINT_GROUP = "edge_sdk.converters"
 _registry: dict[str, Converter] = {}
 
 
@@ -31,13 +25,13 @@ def register(converter_cls: type[Converter]) -> type[Converter]:
     if fmt in _registry:
         raise InternalError(f"a converter for format {fmt!r} is already registered ({type(_registry[fmt]).__name__})")
     _registry[fmt] = converter_cls()
+    _formats.add(fmt)
     return converter_cls
 
 
 def formats() -> list[str]:
     """Every format with a converter, built-in or from an entry point."""
-    names = set(BUILTIN) | set(_registry) | {ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    return sorted(names)
+    return _formats.known()
 
 
 def get(fmt: str) -> Converter:
@@ -55,5 +49,7 @@ def get(fmt: str) -> Converter:
         elif fmt in eps:
             eps[fmt].load()
         if fmt not in _registry:
-            raise UnsupportedError(f"no converter for format {fmt!r}; known formats: {', '.join(formats())}")
+            hint = closest(fmt, formats())
+            raise ProfileError(f"no converter for format {fmt!r}{f' (did you mean {hint!r}?)' if hint else ''}; "
+                               f"known formats: {', '.join(formats())}")
     return _registry[fmt]

@@ -1,7 +1,8 @@
 """The converter contract: torch model in, model file(s) of one format out.
 
 A converter is registered by format name (`converters.register`). It declares which precision
-configs it implements; `sdk.export` checks the recipe against that before any work starts.
+configs it implements and implements `build`; `convert` runs it through the driver
+(`converters.driver`), which does the checks, the error translation and the invariants once for all.
 """
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
+from sdk.core.errors import first_line
+
 if TYPE_CHECKING:
     import torch
 
     from sdk.devices import DeviceProfile
-    from sdk.recipes import Config, Recipe
+    from sdk.core.recipes import Config, Recipe
 
 
 @dataclass
@@ -58,15 +61,39 @@ class ConversionJob:
 
 
 class Converter:
-    """Base class: subclasses set `format`, `supported`, `options` and implement `convert`."""
+    """Base class of a format plug-in: subclasses set `format`, `supported`, `options` and implement `build`."""
 
     format: ClassVar[str]
     #: precision config names this converter implements ("fp32", "fp16", "int8", ...)
     supported: ClassVar[frozenset[str]] = frozenset({"fp32"})
     #: keys allowed in a profile's [converter] table, with their meaning
     options: ClassVar[dict[str, str]] = {}
+    #: patterns whose group 1 is the failing op's name in the toolchain's error text
+    error_patterns: ClassVar[tuple[re.Pattern[str], ...]] = ()
+    #: what to try when the toolchain fails in a way the plug-in did not classify
+    error_hint: ClassVar[str] = ("run with logging at DEBUG for the toolchain's full message, or try another device "
+                                 "with a different format (see `edge-sdk devices`)")
 
-    def convert(self, job: ConversionJob) -> ConversionResult:  # pragma: no cover - abstract
+    def convert(self, job: ConversionJob) -> ConversionResult:
+        """Convert through the driver: request checks, `build`, error translation, invariants on the account."""
+        from converters import driver
+
+        return driver.convert(self, job)
+
+    def failed_op(self, message: str) -> str | None:
+        """The op a toolchain error message names, found with `error_patterns`."""
+        return first_match(self.error_patterns, message)
+
+    def summary(self, exc: Exception) -> str:
+        """The useful part of a toolchain's (often pages-long) error message."""
+        return first_line(exc)[:300]
+
+    def hint_for(self, exc: Exception, op: str | None, stage: str | None) -> str:
+        """What to try after the toolchain raised `exc` in `stage` (at `op`, where its message names one)."""
+        return self.error_hint
+
+    def build(self, job: ConversionJob) -> ConversionResult:  # pragma: no cover - abstract
+        """Capture, quantize (leaving `job.keep_float` in float), save, and read back what the file stores."""
         raise NotImplementedError
 
 

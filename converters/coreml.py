@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.coreml import CoreMLBackend, spec_summary, weight_storage
-from converters import register
-from converters.base import ConversionJob, ConversionResult, Converter, first_match
-from sdk.errors import ConversionError, ProfileError, UnsupportedRecipeError
+from converters import driver, register
+from converters.base import ConversionJob, ConversionResult, Converter
+from sdk.core.errors import InternalError, ProfileError, UnsupportedRecipeError, first_line
+from sdk.core.readers.coreml import runtime_unavailable_reason, spec_summary, weight_storage
 
 __all__ = ["CoreMLConverter"]
 
@@ -42,6 +42,7 @@ _OP_PATTERNS = (
 _PASSTHROUGH = re.compile(r"input name, '([^']+)', is different from its corresponding var's name, '([^']+)'")
 
 _QUANTIZING = ("int8", "int8-dynamic", "int4", "palettize")
+_COMPRESS_STAGE = "coremltools.optimize.coreml"
 #: coremltools' OpPalettizerConfig accepts these LUT widths (2**nbits entries)
 _LUT_BITS = (1, 2, 3, 4, 6, 8)
 #: how far back through the exported graph a fused op's debug handle is followed to reach its weight layer
@@ -60,18 +61,39 @@ class CoreMLConverter(Converter):
         "compute_units": "where Core ML may run it: ALL | CPU_AND_NE | CPU_AND_GPU | CPU_ONLY",
     }
 
-    def convert(self, job: ConversionJob) -> ConversionResult:
+    error_patterns = _OP_PATTERNS
+
+    def summary(self, exc: Exception) -> str:
+        passthrough = _PASSTHROUGH.search(str(exc))
+        if passthrough:  # ct's own message is an assertion about block names; say what the user did
+            return (f"output {passthrough.group(2)} is input {passthrough.group(1)} returned unchanged (or through "
+                    "an identity such as clone), and a Core ML program cannot give one tensor two names")
+        return first_line(exc)
+
+    def hint_for(self, exc: Exception, op: str | None, stage: str | None) -> str:
+        if stage == "torch.export":
+            return ("make forward() exportable (no data-dependent Python control flow; the chained torch.export "
+                    "error names the line)")
+        if stage == _COMPRESS_STAGE:
+            return "try another scheme (e.g. 'palettize:8' or 'int8'), or keep the failing layer in float"
+        if _PASSTHROUGH.search(str(exc)):
+            return "drop that output from forward(): the caller already has the tensor"
+        if op:
+            return ("rewrite it with ops Core ML supports, or register a translation with "
+                    "coremltools.converters.mil.frontend.torch.register_torch_op; or export for a device whose "
+                    "toolchain converts it, e.g. 'intel-cpu' (OpenVINO) or 'android-arm64' (ExecuTorch)")
+        return "run with logging at DEBUG for coremltools' full message"
+
+    def build(self, job: ConversionJob) -> ConversionResult:
         import coremltools as ct
 
         target = _options(job)
         precision = job.precision.name
-        if precision not in self.supported:
-            raise UnsupportedRecipeError(job.precision.to_string(), self.format, job.profile.id, sorted(self.supported))
-        scheme = _scheme(job, target) if precision in _QUANTIZING else None  # refuses before any work
+        scheme = _scheme(job, target) if job.precision.quantizes else None  # refuses before any work
 
         exported = _export(job)
         out_dtypes = _output_dtypes(exported)
-        try:
+        with driver.stage("coremltools.convert"):
             mlmodel = ct.convert(
                 exported, convert_to="mlprogram", minimum_deployment_target=target,
                 compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
@@ -80,8 +102,6 @@ class CoreMLConverter(Converter):
                         for name, t in zip(job.input_names, job.example_inputs)],
                 outputs=[ct.TensorType(name=name, dtype=_io_dtype(dtype))
                          for name, dtype in zip(job.output_names, out_dtypes)])
-        except Exception as exc:
-            raise _conversion_error(exc, job) from exc
         if scheme is not None:
             weights = _weights(mlmodel, exported, job)
             mlmodel = _compress(mlmodel, scheme, weights, job)
@@ -100,7 +120,6 @@ class CoreMLConverter(Converter):
         quantization = None
         if scheme is not None:
             quantization = _account(scheme, weights, weight_storage(job.workdir / MODEL_FILE), job)
-            _check_compressed(quantization, job)
             notes += scheme.notes
         elif precision == "fp16":
             quantization = {"scheme": "fp16", "tool": f"coremltools {ct.__version__}",
@@ -127,13 +146,8 @@ def _options(job: ConversionJob) -> Any:
 
 def _export(job: ConversionJob) -> torch.export.ExportedProgram:
     """Capture the model as core ATen ops, the graph coremltools' torch.export frontend reads."""
-    try:
+    with driver.stage("torch.export"):
         exported = torch.export.export(job.model, tuple(job.example_inputs)).run_decompositions({})
-    except Exception as exc:
-        raise ConversionError(f"torch.export could not capture the model: {type(exc).__name__}: {_first_line(exc)}",
-                              fmt="coreml", device=job.profile.id,
-                              hint="make forward() exportable (no data-dependent Python control flow; "
-                                   "the chained torch.export error names the line)") from exc
     for handle, node in enumerate(exported.graph.nodes):  # coremltools copies it onto each op it makes
         node.meta["debug_handle"] = handle
     return exported
@@ -177,7 +191,7 @@ def _scheme(job: ConversionJob, target: Any) -> _Scheme:
     if config.name in ("int8", "int8-dynamic"):
         options = {"mode": "linear_symmetric", "dtype": "int8", "granularity": "per_channel"}
         weights = "weights int8 per output channel, symmetric, with an fp16 scale per channel"
-        unavailable = CoreMLBackend().unavailable_reason()  # calibrating activations runs Core ML predictions
+        unavailable = runtime_unavailable_reason()  # calibrating activations runs Core ML predictions
         if config.name == "int8" and unavailable is None and target.value >= ct.target.iOS17.value:
             samples = len(job.calibration or [job.example_inputs])
             return _Scheme("linear_quantize_weights", options, True,
@@ -305,23 +319,13 @@ def _handled_layer(handles: list, nodes: dict[int, torch.fx.Node], modules: dict
     return None
 
 
-def _kept_by(layer: str, keep_float: frozenset[str]) -> str | None:
-    """The keep_float entry covering `layer` (the layer itself or a module enclosing it)."""
-    return next((k for k in sorted(keep_float) if layer == k or layer.startswith(k + ".")), None)
-
-
 def _compress(mlmodel: Any, scheme: _Scheme, weights: dict[tuple[str, str], _Weight], job: ConversionJob) -> Any:
     """Apply the scheme with coremltools, every weight of a kept layer excluded by its const's name."""
     import coremltools as ct
     import coremltools.optimize.coreml as cto
 
-    unknown = sorted(name for name in job.keep_float if name not in dict(job.model.named_modules()))
-    if unknown:
-        raise ConversionError(f"keep_float names modules the model does not have: {', '.join(unknown)}",
-                              fmt=CoreMLConverter.format, device=job.profile.id,
-                              hint="use qualified names as model.named_modules() lists them")
-    kept = {key: w for key, w in weights.items() if _kept_by(w.layer, job.keep_float)}
-    try:
+    kept = {key: w for key, w in weights.items() if driver.kept_by(w.layer, job.keep_float)}
+    with driver.stage(_COMPRESS_STAGE):
         if scheme.activations:  # Apple's order: activations first, on a loaded (runnable) float model
             runnable = ct.models.MLModel(mlmodel.get_spec(), weights_dir=mlmodel.weights_dir,
                                          compute_units=ct.ComputeUnit.CPU_ONLY)
@@ -334,11 +338,6 @@ def _compress(mlmodel: Any, scheme: _Scheme, weights: dict[tuple[str, str], _Wei
         config = cto.OptimizationConfig(global_config=scheme.op_config,
                                         op_name_configs={w.const: None for w in kept.values()})
         return getattr(cto, scheme.function)(mlmodel, config)
-    except Exception as exc:
-        raise ConversionError(f"coremltools.optimize.coreml.{scheme.function} failed: {type(exc).__name__}: "
-                              f"{_first_line(exc)}", fmt=CoreMLConverter.format, device=job.profile.id,
-                              hint="try another scheme (e.g. 'palettize:8' or 'int8'), or keep the failing "
-                                   "layer in float") from exc
 
 
 def _account(scheme: _Scheme, weights: dict[tuple[str, str], _Weight], storage: list[dict[str, Any]],
@@ -364,9 +363,9 @@ def _account(scheme: _Scheme, weights: dict[tuple[str, str], _Weight], storage: 
 
 
 def _float_reason(entry: dict[str, Any], layer: str, scheme: _Scheme, job: ConversionJob) -> str:
-    kept = _kept_by(layer, job.keep_float)
+    kept = driver.kept_reason(layer, job.keep_float)
     if kept is not None:
-        return "kept in float on request" + ("" if kept == layer else f" (inside kept module {kept!r})")
+        return kept
     threshold = scheme.op_config.weight_threshold
     if threshold is not None and entry["numel"] <= threshold:
         return (f"{entry['numel']} elements, not above coremltools' weight_threshold ({threshold}): too small to "
@@ -377,15 +376,6 @@ def _float_reason(entry: dict[str, Any], layer: str, scheme: _Scheme, job: Conve
         return (f"axis 1 of its weight {shape} has {shape[1]} elements{depthwise}, not a multiple of the block size "
                 f"{block}: coremltools' per-block INT4 skips it; stays {entry['stored']}")
     return f"coremltools left it uncompressed (see its log); stays {entry['stored']}"
-
-
-def _check_compressed(quantization: dict[str, Any], job: ConversionJob) -> None:
-    """Fail loudly if the recipe compressed nothing it could have."""
-    skipped = [f for f in quantization["float_layers"] if "coremltools left it uncompressed" in f["reason"]]
-    if skipped and not quantization["quantized_layers"]:
-        raise ConversionError(f"{job.precision} compressed no weight (weights by storage: "
-                              f"{quantization['weight_dtypes']})", fmt=CoreMLConverter.format, device=job.profile.id,
-                              hint="run with logging at DEBUG for coremltools' messages on each weight")
 
 
 def _output_dtypes(exported: torch.export.ExportedProgram) -> list[torch.dtype]:
@@ -402,23 +392,6 @@ def _io_dtype(dtype: torch.dtype) -> type | None:
     if dtype.is_floating_point:
         return {torch.float32: np.float32, torch.float16: np.float16}.get(dtype)  # None: coremltools decides
     return None if dtype.is_complex or dtype == torch.bool else np.int32
-
-
-def _conversion_error(exc: Exception, job: ConversionJob) -> ConversionError:
-    message = str(exc)
-    passthrough = _PASSTHROUGH.search(message)
-    if passthrough:  # ct's own message is an assertion about block names; say what the user did
-        return ConversionError(f"output {passthrough.group(2)} is input {passthrough.group(1)} returned unchanged "
-                               "(or through an identity such as clone), and a Core ML program cannot give one "
-                               "tensor two names", fmt="coreml", device=job.profile.id,
-                               hint="drop that output from forward(): the caller already has the tensor")
-    op = first_match(_OP_PATTERNS, message)
-    hint = ("rewrite it with ops Core ML supports, or register a translation with "
-            "coremltools.converters.mil.frontend.torch.register_torch_op; or export for a device whose toolchain "
-            "converts it, e.g. 'intel-cpu' (OpenVINO) or 'android-arm64' (ExecuTorch)") if op else \
-        "run with logging at DEBUG for coremltools' full message"
-    return ConversionError(f"coremltools {type(exc).__name__}: {_first_line(exc)}", fmt="coreml",
-                           device=job.profile.id, op=op, hint=hint)
 
 
 def _check_spec(summary: dict[str, Any], job: ConversionJob, spec_version: int) -> None:
@@ -439,11 +412,5 @@ def _check_spec(summary: dict[str, Any], job: ConversionJob, spec_version: int) 
     if job.precision.name == "fp32" and "float16" in weights:
         problems.append(f"fp32 recipe but fp16 weights (weights by dtype: {weights})")
     if problems:
-        raise ConversionError("the saved model.mlpackage does not match the request: " + "; ".join(problems),
-                              fmt="coreml", device=job.profile.id,
-                              hint="report this with the model; coremltools produced an unexpected program")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].rstrip(".") if text else ""
+        raise InternalError(f"coreml conversion for device {job.profile.id!r}: the saved model.mlpackage does not "
+                            f"match the request: {'; '.join(problems)}. Please report this with the model")

@@ -60,11 +60,11 @@ from torchao.quantization.granularity import PerGroup
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 from torchao.quantization.pt2e.quantizer import get_module_name_filter
 
-from converters import register
-from converters.base import ConversionJob, ConversionResult, Converter, first_match
+from converters import driver, register
+from converters.base import ConversionJob, ConversionResult, Converter
 from converters.quant import ranges
-from sdk.errors import ConversionError, ProfileError, UnsupportedRecipeError
-from sdk.recipes import Int4Weight, Int8Dynamic, Int8Static
+from sdk.core.errors import ProfileError, UnsupportedRecipeError
+from sdk.core.recipes import Int4Weight, Int8Dynamic, Int8Static
 
 MODEL_FILE = "model.pte"
 PARTITIONERS: dict[str, Callable[[], Any]] = {"xnnpack": XnnpackPartitioner}
@@ -123,22 +123,6 @@ class _Fp16Program(torch.nn.Module):
 
 def _to_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype == torch.float16 else t
-
-
-def _conversion_error(stage: str, exc: Exception, job: ConversionJob) -> ConversionError:
-    """The toolchain's exception as a ConversionError naming the op (when it says which) and what to try."""
-    text = str(exc)
-    op = first_match(_OP_PATTERNS, text)
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")[:300].rstrip(' ."')
-    if isinstance(exc, GuardOnDataDependentSymNode):
-        hint = ("the model branches in Python on a tensor's value, which torch.export cannot trace: use torch.where "
-                "or torch.cond instead, or move the branch out of the model")
-    elif "not in Core ATen" in text:
-        hint = f"ExecuTorch has no kernel for {op}: rewrite it with core ATen ops, {_OTHER_TARGETS}"
-    else:
-        hint = f"rewrite {op or 'the failing code'} with common tensor ops, {_OTHER_TARGETS}"
-    return ConversionError(f"{stage} failed with {type(exc).__name__}: {first}", fmt="executorch",
-                           device=job.profile.id, op=op, hint=hint)
 
 
 class _RefusalLog(logging.Handler):
@@ -200,34 +184,13 @@ def _coverage(edge: EdgeProgramManager, reasons: dict[str, str]) -> dict[str, An
     }
 
 
-def _kept_by(layer: str, keep_float: frozenset[str]) -> str | None:
-    """The keep_float entry covering `layer` (the layer itself or a module enclosing it)."""
-    return next((k for k in sorted(keep_float) if layer == k or layer.startswith(k + ".")), None)
-
-
-def _kept_reason(layer: str, keep_float: frozenset[str]) -> str | None:
-    """The report's reason for a layer kept in float on request (naming the enclosing kept module), else None."""
-    kept = _kept_by(layer, keep_float)
-    if kept is None:
-        return None
-    return "kept in float on request" + ("" if kept == layer else f" (inside kept module {kept!r})")
-
-
 def _check_request(job: ConversionJob) -> None:
     """Refuse what cannot be made before any export work."""
     config = job.precision
-    supported = sorted(ExecuTorchConverter.supported)
-    if config.name not in ExecuTorchConverter.supported:
-        raise UnsupportedRecipeError(config.to_string(), ExecuTorchConverter.format, job.profile.id, supported)
     if isinstance(config, Int8Static) and config.symmetric_activations:
         raise UnsupportedRecipeError(f"{config} with symmetric_activations=True (XNNPACKQuantizer's INT8 "
                                      "activations are per-tensor affine)", ExecuTorchConverter.format,
-                                     job.profile.id, supported)
-    unknown = sorted(set(job.keep_float) - dict(job.model.named_modules()).keys())
-    if unknown:
-        raise ConversionError(f"keep_float names modules the model does not have: {', '.join(unknown)}",
-                              fmt=ExecuTorchConverter.format, device=job.profile.id,
-                              hint="use qualified names as model.named_modules() lists them")
+                                     job.profile.id, sorted(ExecuTorchConverter.supported))
 
 
 def _pt2e_quantizer(job: ConversionJob, skip: frozenset[str] = frozenset(),
@@ -306,7 +269,7 @@ def _integer_scalar_ops(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 def _int4_skip_reason(module: torch.nn.Module, name: str, job: ConversionJob) -> str | None:
     """Why 8da4w leaves this module float (None: it quantizes it); the `quantize_` filter and the report share it."""
-    kept = _kept_reason(name, job.keep_float)
+    kept = driver.kept_reason(name, job.keep_float)
     if kept is not None:
         return kept
     if not isinstance(module, torch.nn.Linear):
@@ -437,7 +400,7 @@ def _float_reason(layer: str, dtype: str, job: ConversionJob) -> str:
     if isinstance(job.precision, Int4Weight) and module is not None:
         reason = _int4_skip_reason(module, layer, job)
     else:
-        reason = _kept_reason(layer, job.keep_float)
+        reason = driver.kept_reason(layer, job.keep_float)
     if reason is None:
         reason = ("XNNPACKQuantizer's dynamic INT8 config does not take it (it quantizes linear layers and 2-D "
                   "convs that are neither depthwise nor followed by a ReLU)" if isinstance(job.precision, Int8Dynamic)
@@ -445,20 +408,11 @@ def _float_reason(layer: str, dtype: str, job: ConversionJob) -> str:
     return f"{reason}; stays {dtype}"
 
 
-def _check_layers(job: ConversionJob, layers: dict[str, str]) -> None:
-    """Before lowering: a kept layer must read float weights, and the scheme must have quantized something."""
-    quantized = [name for name, dtype in layers.items() if dtype.startswith("int")]
-    not_float = sorted(name for name in quantized if _kept_by(name, job.keep_float))
-    if not_float:
-        raise ConversionError(f"{', '.join(not_float)} should have stayed float but the quantized graph reads "
-                              "integer weights", fmt=ExecuTorchConverter.format, device=job.profile.id,
-                              hint="report this with the model; meanwhile use 'fp16'")
-    if not quantized:
-        reasons = "; ".join(f"{name}: {_float_reason(name, dtype, job)}" for name, dtype in list(layers.items())[:3])
-        raise ConversionError(f"{job.precision} quantized no layer of this model "
-                              f"({reasons or 'it has no conv or linear layer'})",
-                              fmt=ExecuTorchConverter.format, device=job.profile.id,
-                              hint="use 'int8' (it covers convolutions) or 'fp16', or keep fewer layers in float")
+def _layers_account(job: ConversionJob, layers: dict[str, str]) -> dict[str, Any]:
+    """Which layers read integer weights in the quantized graph, and why the others stay float."""
+    return {"quantized_layers": [name for name, dtype in layers.items() if dtype.startswith("int")],
+            "float_layers": [{"name": name, "reason": _float_reason(name, dtype, job)}
+                             for name, dtype in layers.items() if not dtype.startswith("int")]}
 
 
 def _account(job: ConversionJob, layers: dict[str, str], pte: bytes) -> dict[str, Any]:
@@ -469,9 +423,7 @@ def _account(job: ConversionJob, layers: dict[str, str], pte: bytes) -> dict[str
         "toolchain": toolchain,
         "scheme": scheme,
         "activations": _activations(job),
-        "quantized_layers": [name for name, dtype in layers.items() if dtype.startswith("int")],
-        "float_layers": [{"name": name, "reason": _float_reason(name, dtype, job)}
-                         for name, dtype in layers.items() if not dtype.startswith("int")],
+        **_layers_account(job, layers),
         "weight_dtypes": dict(Counter(_XNN_LABELS.get(d, d) for d in storage["weights"].elements())),
         "xnnpack_datatypes": {role: dict(counts) for role, counts in storage.items()},
         "weight_dtypes_source": f"conv / fully-connected nodes of the XNNPACK payloads in {MODEL_FILE}; ops left "
@@ -518,7 +470,17 @@ class ExecuTorchConverter(Converter):
         "partitioner": f"the delegate supported subgraphs are lowered to: {', '.join(PARTITIONERS)} (default xnnpack)",
     }
 
-    def convert(self, job: ConversionJob) -> ConversionResult:
+    error_patterns = _OP_PATTERNS
+
+    def hint_for(self, exc: Exception, op: str | None, stage: str | None) -> str:
+        if isinstance(exc, GuardOnDataDependentSymNode):
+            return ("the model branches in Python on a tensor's value, which torch.export cannot trace: use "
+                    "torch.where or torch.cond instead, or move the branch out of the model")
+        if "not in Core ATen" in str(exc):
+            return f"ExecuTorch has no kernel for {op}: rewrite it with core ATen ops, {_OTHER_TARGETS}"
+        return f"rewrite {op or 'the failing code'} with common tensor ops, {_OTHER_TARGETS}"
+
+    def build(self, job: ConversionJob) -> ConversionResult:
         _check_request(job)
         quantizing = job.precision.name in QUANTIZED
         exported = self._export_program(job)
@@ -526,14 +488,12 @@ class ExecuTorchConverter(Converter):
         if job.precision.name in ("int8", "int8-dynamic"):
             exported, pt2e_notes = self._quantize_pt2e(job, exported)
         layers = _layer_weights(exported) if quantizing else {}
-        if quantizing:
-            _check_layers(job, layers)
+        if quantizing:  # the driver's invariants, before the lowering they would otherwise wait for
+            driver.check_account(job, _layers_account(job, layers))
         edge, reasons = self._lower(job, exported)
         coverage = _coverage(edge, reasons)
-        try:
+        with driver.stage("to_executorch"):
             program = edge.to_executorch()
-        except Exception as exc:
-            raise _conversion_error("to_executorch", exc, job) from exc
         quantization = _account(job, layers, program.buffer) if quantizing else (
             _FP16 if job.precision.name == "fp16" else None)
         (Path(job.workdir) / MODEL_FILE).write_bytes(program.buffer)
@@ -550,17 +510,12 @@ class ExecuTorchConverter(Converter):
         if job.precision.name == "fp16":
             model = _Fp16Program(job.model)
         elif job.precision.name == "int4":
-            try:
+            with driver.stage("torchao quantize_ (8da4w)"):
                 model = _int4_model(job)
-            except Exception as exc:
-                raise _conversion_error("torchao quantize_ (8da4w)", exc, job) from exc
         else:
             model = job.model
-        try:
-            with torch.no_grad():
-                return torch.export.export(model, tuple(job.example_inputs))
-        except Exception as exc:
-            raise _conversion_error("torch.export", exc, job) from exc
+        with driver.stage("torch.export"), torch.no_grad():
+            return torch.export.export(model, tuple(job.example_inputs))
 
     def _quantize_pt2e(self, job: ConversionJob, exported: ExportedProgram) -> tuple[ExportedProgram, list[str]]:
         """PT2E with XNNPACKQuantizer: observe (static: on the calibration samples; dynamic: one pass so the weight
@@ -568,21 +523,18 @@ class ExecuTorchConverter(Converter):
         was left float by rule: transformers' non-weight ops, ranges beyond int8 (`converters.quant.ranges`)."""
         samples = [job.example_inputs] if isinstance(job.precision, Int8Dynamic) else (
             job.calibration or [job.example_inputs])
-        try:
-            with torch.no_grad():
-                graph = _integer_scalar_ops(exported.module())
-                wide = _wide_nodes(graph, samples[:_RANGE_SAMPLES])
-                only = _WEIGHT_OPS if _is_transformer(graph) else None
-                prepared = prepare_pt2e(graph, _pt2e_quantizer(job, skip=frozenset(wide), only=only))
-                for sample in samples:
-                    prepared(*sample)
-                notes = ([ranges.note(wide)] if wide else []) + (
-                    ["a transformer (softmax in the graph): only its linear and conv layers are quantized, as "
-                     "NNCF's TRANSFORMER model type does; adds, products, norms and softmax stay float"]
-                    if only else [])
-                return torch.export.export(convert_pt2e(prepared), tuple(job.example_inputs)), notes
-        except Exception as exc:
-            raise _conversion_error("PT2E quantization (XNNPACKQuantizer)", exc, job) from exc
+        with driver.stage("PT2E quantization (XNNPACKQuantizer)"), torch.no_grad():
+            graph = _integer_scalar_ops(exported.module())
+            wide = _wide_nodes(graph, samples[:_RANGE_SAMPLES])
+            only = _WEIGHT_OPS if _is_transformer(graph) else None
+            prepared = prepare_pt2e(graph, _pt2e_quantizer(job, skip=frozenset(wide), only=only))
+            for sample in samples:
+                prepared(*sample)
+            notes = ([ranges.note(wide)] if wide else []) + (
+                ["a transformer (softmax in the graph): only its linear and conv layers are quantized, as "
+                 "NNCF's TRANSFORMER model type does; adds, products, norms and softmax stay float"]
+                if only else [])
+            return torch.export.export(convert_pt2e(prepared), tuple(job.example_inputs)), notes
 
     def _lower(self, job: ConversionJob, exported: ExportedProgram) -> tuple[EdgeProgramManager, dict[str, str]]:
         """Edge dialect, with the subgraphs the profile's partitioner supports lowered to its delegate, and the
@@ -591,9 +543,6 @@ class ExecuTorchConverter(Converter):
         if name not in PARTITIONERS:
             raise ProfileError(f"device profile {job.profile.id!r}: [converter] partitioner = {name!r} is not one of "
                                f"{', '.join(PARTITIONERS)}")
-        try:
-            with _refusals() as log:
-                edge = to_edge_transform_and_lower(exported, partitioner=[PARTITIONERS[name]()])
-            return edge, log.reasons
-        except Exception as exc:
-            raise _conversion_error("lowering to the edge dialect", exc, job) from exc
+        with driver.stage("lowering to the edge dialect"), _refusals() as log:
+            edge = to_edge_transform_and_lower(exported, partitioner=[PARTITIONERS[name]()])
+        return edge, log.reasons

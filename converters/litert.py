@@ -32,14 +32,15 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from backends.litert import delegation, open_interpreter
-from converters import register
-from converters.base import ConversionJob, ConversionResult, Converter, first_match
+from converters import driver, register
+from converters.base import ConversionJob, ConversionResult, Converter
 from converters.quant import ranges
-from sdk.errors import ConversionError, UnsupportedRecipeError
-from sdk.recipes import Int8Static
+from sdk.core.errors import ConversionError, UnsupportedRecipeError
+from sdk.core.readers.litert import delegation, open_interpreter
+from sdk.core.recipes import Int8Static
 
 MODEL_FILE = "model.tflite"
+_QUANTIZE_STAGE = "ai-edge-quantizer"
 SIGNATURE = "serving_default"  # the one signature litert-torch writes for a single-signature model
 #: where the toolchain names the op it failed on ("Lowering not found: aten.histc.default", fx "While executing")
 _OP_PATTERNS = (re.compile(r"Lowering not found: (\S+)"), re.compile(r"target=torch\.ops\.([\w.]+)"))
@@ -134,7 +135,8 @@ class _Provenance:
         self.order = [name for name, _ in named]
         self._patterns = sorted(((name, _module_pattern(model, name)) for name in self.order),
                                 key=lambda item: -item[0].count("."))  # the deepest module that matches wins
-        self._holds_weights = {name for name, module in named if any(p.dim() >= 2 for p in module.parameters(recurse=False))}
+        self._holds_weights = {name for name, module in named
+                               if any(p.dim() >= 2 for p in module.parameters(recurse=False))}
 
     def _module_at(self, location: str) -> str | None:
         return next((name for name, pattern in self._patterns if pattern.search(location)), None)
@@ -146,11 +148,6 @@ class _Provenance:
         if row["weight"]:
             return [next((m for m in found if m in self._holds_weights), found[0])] if found else []
         return found
-
-
-def _kept_by(module: str, keep_float: frozenset[str]) -> str | None:
-    """The `keep_float` entry that covers `module` (itself or an enclosing module), if any."""
-    return next((k for k in sorted(keep_float) if module == k or module.startswith(k + ".")), None)
 
 
 def _weight_dtypes(table: list[dict[str, Any]]) -> dict[str, int]:
@@ -173,7 +170,8 @@ def _quantize(job: ConversionJob, path: Path) -> dict[str, Any]:
     transformer = static and {"SOFTMAX", "BATCH_MATMUL"} <= ops  # attention, not a classifier ending in softmax
     recipe = recipe_manager.RecipeManager()
     if static:
-        granularity = qtyping.QuantGranularity.CHANNELWISE if config.per_channel else qtyping.QuantGranularity.TENSORWISE
+        granularity = (qtyping.QuantGranularity.CHANNELWISE if config.per_channel
+                       else qtyping.QuantGranularity.TENSORWISE)
         for op in [qtyping.TFLOperationName[name] for name in _WEIGHT_OPS] if transformer else [every_op]:
             recipe.add_static_config(".*", op, activation_num_bits=8, weight_num_bits=8, weight_granularity=granularity)
     else:
@@ -181,8 +179,7 @@ def _quantize(job: ConversionJob, path: Path) -> dict[str, Any]:
     for scope in keep:  # added last: ai-edge-quantizer applies the last matching scope
         recipe.add_quantization_config(scope, every_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
     wide: list[str] = []
-    with _toolchain_errors(job, f"the float model converted but ai-edge-quantizer failed on it; try "
-                                f"{'int8-dynamic' if static else 'fp16'}"), _quiet_progress():
+    with driver.stage(_QUANTIZE_STAGE), _quiet_progress():
         float_model = path.read_bytes()
         qsvs = _calibrate(job, float_model, recipe, interpreter) if static else None
         if qsvs:
@@ -227,7 +224,7 @@ def _kept_scopes(job: ConversionJob, table: list[dict[str, Any]]) -> list[str]:
     """ai-edge-quantizer scopes (regexes over an op's output names) for every op of a `keep_float` module."""
     provenance, scopes, covered = _Provenance(job.model), [], set()
     for row in table:
-        kept = {k for m in provenance.modules(row) if (k := _kept_by(m, job.keep_float))}
+        kept = {k for m in provenance.modules(row) if (k := driver.kept_by(m, job.keep_float))}
         if kept and row["outputs"]:
             covered |= kept
             scopes.append(f"(^|;){re.escape(row['outputs'][0])};")
@@ -243,18 +240,10 @@ def _kept_scopes(job: ConversionJob, table: list[dict[str, Any]]) -> list[str]:
 def _check_request(job: ConversionJob) -> None:
     """Refuse what cannot be made before spending a conversion on it."""
     config = job.precision
-    if config.name not in LiteRTConverter.supported:
-        raise UnsupportedRecipeError(config.to_string(), LiteRTConverter.format, job.profile.id,
-                                     sorted(LiteRTConverter.supported))
     if isinstance(config, Int8Static) and config.symmetric_activations:
         raise UnsupportedRecipeError(f"{config} with symmetric_activations=True (LiteRT's int8 kernels take "
                                      "affine activations)", LiteRTConverter.format, job.profile.id,
                                      sorted(LiteRTConverter.supported))
-    unknown = sorted(set(job.keep_float) - dict(job.model.named_modules()).keys())
-    if unknown:
-        raise ConversionError(f"keep_float names modules the model does not have: {', '.join(unknown)}",
-                              fmt=LiteRTConverter.format, device=job.profile.id,
-                              hint="use qualified names as model.named_modules() lists them")
 
 
 def _calibrate(job: ConversionJob, float_model: bytes, recipe: Any, interpreter: Any) -> dict[str, Any]:
@@ -293,21 +282,15 @@ def _account(job: ConversionJob, quantization: dict[str, Any], table: list[dict[
             dtypes.setdefault(module, set()).add(row["weight"][2])
             ops.setdefault(module, set()).add(row["op"])
     layers = {name: "/".join(sorted(dtypes[name])) for name in provenance.order if name in dtypes}
-    not_float = [name for name, dtype in layers.items() if _kept_by(name, job.keep_float) and dtype != "fp32"]
-    if not_float:
-        raise ConversionError(f"{', '.join(not_float)} should have stayed float32 but the .tflite stores "
-                              f"{', '.join(layers[n] for n in not_float)}", fmt=LiteRTConverter.format,
-                              device=job.profile.id, hint="use 'fp16', or report this with the model")
 
     def reason(name: str) -> str:
-        kept = _kept_by(name, job.keep_float)
-        if kept is None:
-            return f"stored as {layers[name]}: ai-edge-quantizer did not quantize its {'/'.join(sorted(ops[name]))} op"
-        return "kept in float on request" + ("" if kept == name else f" (inside kept module {kept!r})")
+        return driver.kept_reason(name, job.keep_float) or (
+            f"stored as {layers[name]}: ai-edge-quantizer did not quantize its {'/'.join(sorted(ops[name]))} op")
 
     return {**quantization,
             "quantized_layers": [name for name, dtype in layers.items() if dtype == "int8"],
-            "float_layers": [{"name": name, "reason": reason(name)} for name, dtype in layers.items() if dtype != "int8"],
+            "float_layers": [{"name": name, "reason": reason(name)}
+                             for name, dtype in layers.items() if dtype != "int8"],
             "weight_dtypes": _weight_dtypes(table)}
 
 
@@ -327,24 +310,6 @@ def _quiet_progress() -> Iterator[None]:
         os.environ.pop(key, None)
 
 
-@contextlib.contextmanager
-def _toolchain_errors(job: ConversionJob, hint: str | None = None) -> Iterator[None]:
-    """Turn whatever the toolchain raises (torch.export, JAX lowering, MLIR, ai-edge-quantizer) into a
-    ConversionError naming the op where the message does."""
-    try:
-        yield
-    except (ConversionError, UnsupportedRecipeError):
-        raise
-    except Exception as exc:
-        message = " ".join(str(exc).strip().split("\n\n")[0].split())  # its first paragraph, on one line
-        op = first_match(_OP_PATTERNS, str(exc))
-        hint = hint or (f"replace {op} with ops litert-torch can lower, or pick a device whose format supports it"
-                        if op else "check that torch.export.export(model, example_inputs) succeeds and that the model "
-                                   "avoids data-dependent shapes; or pick a device with another format")
-        raise ConversionError(message[:500].rstrip("."), fmt=LiteRTConverter.format, device=job.profile.id,
-                              op=op, hint=hint) from exc
-
-
 @register
 class LiteRTConverter(Converter):
     """torch -> LiteRT flatbuffer; coverage is what the XNNPACK delegate takes when the model is loaded."""
@@ -353,7 +318,21 @@ class LiteRTConverter(Converter):
     supported = frozenset({"fp32", "fp16", "int8", "int8-dynamic"})
     options = {"num_threads": "CPU threads the LiteRT interpreter uses on the device (default: every core)"}
 
-    def convert(self, job: ConversionJob) -> ConversionResult:
+    error_patterns = _OP_PATTERNS
+
+    def summary(self, exc: Exception) -> str:
+        """The first paragraph of the message, on one line (MLIR and JAX errors run to pages)."""
+        return " ".join(str(exc).strip().split("\n\n")[0].split())[:500].rstrip(".")
+
+    def hint_for(self, exc: Exception, op: str | None, stage: str | None) -> str:
+        if stage == _QUANTIZE_STAGE:
+            return "the float model converted but ai-edge-quantizer failed on it; try 'int8-dynamic' or 'fp16'"
+        if op:
+            return f"replace {op} with ops litert-torch can lower, or pick a device whose format supports it"
+        return ("check that torch.export.export(model, example_inputs) succeeds and that the model avoids "
+                "data-dependent shapes; or pick a device with another format")
+
+    def build(self, job: ConversionJob) -> ConversionResult:
         _check_request(job)
         name = job.precision.name
         path = self._convert(job, job.model, _fp16_config() if name == "fp16" else None)
@@ -377,7 +356,7 @@ class LiteRTConverter(Converter):
 
         path = Path(job.workdir) / MODEL_FILE
         named = _NamedIO(model, job.input_names, job.output_names)
-        with _toolchain_errors(job), _quiet_progress():
+        with driver.stage("litert_torch.convert"), _quiet_progress():
             edge_model = litert_torch.convert(
                 named, sample_kwargs=dict(zip(job.input_names, job.example_inputs, strict=True)),
                 quant_config=quant_config)

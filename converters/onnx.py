@@ -30,14 +30,13 @@ with its BatchNorm folded in after the BatchNorm.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import re
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +55,15 @@ from onnxruntime.quantization import (
 )
 
 import converters
+from converters import driver
 from converters.base import ConversionJob, ConversionResult, Converter, first_match
 from converters.quant.sensitivity import quantizable_layers
-from sdk.errors import ConversionError, ProfileError, UnsupportedRecipeError
+from sdk.core.errors import ConversionError, ProfileError, UnsupportedRecipeError
 
 __all__ = ["ONNXConverter", "layer_weights", "module_of"]
 
 MODEL_FILE = "model.onnx"
+_EXPORT_STAGE = "torch.onnx.export"
 DEFAULT_OPSET = 17
 #: lowest opset the torch.export-based exporter writes natively
 DYNAMO_MIN_OPSET = 18
@@ -81,7 +82,8 @@ _DTYPES = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.B
            TensorProto.INT8: "int8", TensorProto.UINT8: "uint8", TensorProto.INT4: "int4", TensorProto.UINT4: "uint4"}
 _INTEGER = {"int8", "uint8", "int4", "uint4"}
 _OP_PATTERNS = (re.compile(r"target=torch\.ops\.([\w.]+)"),  # torch.export-based exporter
-                re.compile(r"Exporting the operator '([^']+)'"))  # TorchScript exporter
+                re.compile(r"Exporting the operator '([^']+)'"),  # TorchScript exporter
+                re.compile(r"operator with unrecognized namespace ([\w:.]+?)\.?\s"))  # TorchScript, custom ops
 _INT4_SKIPS = {"Conv": "a Conv weight: TensorRT's INT4 is weight-only for matrix multiplies, and ONNX Runtime's "
                        "block-wise quantizer takes MatMul only",
                "ConvTranspose": "a ConvTranspose weight: TensorRT's INT4 is weight-only for matrix multiplies",
@@ -103,7 +105,27 @@ class ONNXConverter(Converter):
         "num_threads": "ONNX Runtime intra-op threads for CPU execution (default: ONNX Runtime's choice)",
     }
 
-    def convert(self, job: ConversionJob) -> ConversionResult:
+    error_patterns = _OP_PATTERNS
+
+    def failed_op(self, message: str) -> str | None:
+        """The aten/prims op the exporter could not translate, as its error names it."""
+        found = re.search(r"OpOverload\(op='([^']+)', overload='([^']+)'\)", message)
+        return f"{found.group(1)}.{found.group(2)}" if found else first_match(_OP_PATTERNS, message)
+
+    def summary(self, exc: Exception) -> str:
+        """The innermost cause from the exporter's '## Exception summary', else its first line."""
+        message = str(exc)
+        summary = message.partition("## Exception summary")[2]
+        causes = re.findall(r"^<class '[^']+'>: (.+)$", summary, flags=re.MULTILINE)
+        text = causes[0] if causes else (message.strip().splitlines() or ["unknown error"])[0]
+        return re.sub(r"\x1b\[[0-9;]*m", "", text).rstrip(".")
+
+    def hint_for(self, exc: Exception, op: str | None, stage: str | None) -> str:
+        if stage == _EXPORT_STAGE:
+            return "replace that op with ones ONNX has, or give torch.onnx a translation for it"
+        return "keep the layer it names in float (sdk.export(..., tolerance=...) or keep_float), or use 'fp16'"
+
+    def build(self, job: ConversionJob) -> ConversionResult:
         opset = int(job.profile.converter.get("opset", DEFAULT_OPSET))
         if opset < 17:
             raise ProfileError(f"device profile {job.profile.id!r}: [converter] opset must be >= 17 "
@@ -112,14 +134,9 @@ class ONNXConverter(Converter):
         if quantize is not None:
             _check_request(job)
         export_opset = DEFAULT_OPSET if quantize else opset  # quantized: TorchScript names, raised afterwards
-        try:
+        with driver.stage(_EXPORT_STAGE):
             model = (_export_dynamo(job, export_opset) if export_opset >= DYNAMO_MIN_OPSET
                      else _export_torchscript(job, export_opset))
-        except Exception as exc:
-            message = str(exc)
-            raise ConversionError(_summary(message), fmt="onnx", device=job.profile.id, op=_failed_op(message),
-                                  hint="replace that op with ones ONNX has, or give torch.onnx a translation for "
-                                       "it") from exc
         if _opset(model) > opset:  # an exporter that could not reach the opset keeps its own, silently
             raise ConversionError(f"the exporter wrote opset {_opset(model)}, the device parses up to {opset}",
                                   fmt="onnx", device=job.profile.id,
@@ -132,7 +149,7 @@ class ONNXConverter(Converter):
         model = onnxslim.slim(model, skip_fusion_patterns=["FusionGemm"]) if quantize else onnxslim.slim(model)
         account, float_reasons = None, {}
         if quantize is not None:
-            with _quantizer_errors(job):
+            with driver.stage(f"quantizing the ONNX graph ({job.precision})"):
                 model, account, float_reasons = quantize(job, model)
         path = Path(job.workdir) / MODEL_FILE
         _save(model, path)
@@ -145,7 +162,6 @@ class ONNXConverter(Converter):
         quantization = _precision_record(job)
         if account is not None:
             quantization = {**account, **_read_back(job, onnx.load(str(path)), float_reasons)}
-            _check_kept_float(job, quantization)
         return ConversionResult(model_file=MODEL_FILE, coverage=None, coverage_reason=COVERAGE_REASON,
                                 quantization=quantization, notes=_notes(model, job, export_opset),
                                 runtime_options={"opset": _opset(model)})
@@ -172,11 +188,6 @@ def _export_torchscript(job: ConversionJob, opset: int) -> onnx.ModelProto:
 
 def _check_request(job: ConversionJob) -> None:
     """Refuse, before any export, what the quantizers or TensorRT cannot do."""
-    unknown = sorted(name for name in job.keep_float if name not in dict(job.model.named_modules()))
-    if unknown:
-        raise ConversionError(f"keep_float names modules the model does not have: {', '.join(unknown)}",
-                              fmt="onnx", device=job.profile.id,
-                              hint="use qualified names as model.named_modules() lists them")
     group = getattr(job.precision, "group_size", None)
     if job.precision.name == "int4" and group not in TENSORRT_INT4_BLOCKS:
         raise UnsupportedRecipeError(
@@ -284,19 +295,6 @@ def _raise_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return model if _opset(model) >= opset else version_converter.convert_version(model, opset)
 
 
-@contextlib.contextmanager
-def _quantizer_errors(job: ConversionJob) -> Iterator[None]:
-    """Turn a failure inside ONNX Runtime's quantizers or ONNX's version converter into a ConversionError."""
-    try:
-        yield
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConversionError(f"quantizing the ONNX graph ({job.precision}) failed: {type(exc).__name__}: {first}",
-                              fmt="onnx", device=job.profile.id,
-                              hint="keep the layer it names in float (sdk.export(..., tolerance=...) or "
-                                   "keep_float), or use 'fp16'") from exc
-
-
 def module_of(node_name: str, modules: Sequence[str]) -> str | None:
     """The torch module a TorchScript-exported node comes from, read from its scoped name.
 
@@ -320,12 +318,7 @@ def _nodes_in(model: onnx.ModelProto, torch_model: torch.nn.Module, keep_float: 
         return []
     modules = [name for name, _ in torch_model.named_modules() if name]
     return [node.name for node in model.graph.node
-            if _kept_by(module_of(node.name, modules) or "", keep_float) is not None]
-
-
-def _kept_by(layer: str, keep_float: frozenset[str]) -> str | None:
-    """The keep_float entry covering `layer` (the layer itself or a module enclosing it)."""
-    return next((k for k in sorted(keep_float) if layer == k or layer.startswith(k + ".")), None)
+            if driver.kept_by(module_of(node.name, modules) or "", keep_float) is not None]
 
 
 def layer_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str, str]]:
@@ -363,24 +356,14 @@ def _read_back(job: ConversionJob, model: onnx.ModelProto, float_reasons: dict[s
         if dtype in _INTEGER:
             quantized.append(layer)
             continue
-        kept = _kept_by(layer, job.keep_float)
-        if kept is not None:
-            reason = "kept in float on request" + ("" if kept == layer else f" (inside kept module {kept!r})")
-        elif node is None:
+        reason = driver.kept_reason(layer, job.keep_float)
+        if reason is None and node is None:
             reason = "no weighted node of the ONNX graph traces back to it (unused in forward, or folded away)"
-        else:
+        elif reason is None:
             reason = float_reasons.get(node.name, f"ONNX Runtime's quantizer left this {node.op_type} in {dtype}")
         float_layers.append({"name": layer, "reason": reason})
-    return {"quantized_layers": quantized, "float_layers": float_layers, "weight_dtypes": dict(Counter(weights.values()))}
-
-
-def _check_kept_float(job: ConversionJob, quantization: dict[str, Any]) -> None:
-    """Refuse a file in which a layer that was to stay float reads back quantized."""
-    leaked = [layer for layer in quantization["quantized_layers"] if _kept_by(layer, job.keep_float) is not None]
-    if leaked:
-        raise ConversionError(f"layer(s) {', '.join(leaked)} were to stay float, but the file stores their weights "
-                              "quantized: their ONNX nodes were not matched by name", fmt="onnx", device=job.profile.id,
-                              hint="report this with the model; meanwhile use 'fp16'")
+    return {"quantized_layers": quantized, "float_layers": float_layers,
+            "weight_dtypes": dict(Counter(weights.values()))}
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
@@ -426,21 +409,7 @@ def _notes(model: onnx.ModelProto, job: ConversionJob, export_opset: int) -> lis
                      "(JetPack 6.1+); TensorRT 8.6 (JetPack 5 / 6.0) cannot build it. Weight-only INT4 cuts weight "
                      "memory and bandwidth; the matrix multiplies still run in fp16 (W4A16)")
     return notes
+
+
 def _opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _failed_op(message: str) -> str | None:
-    """The aten/prims op the exporter could not translate, as its error names it."""
-    found = re.search(r"OpOverload\(op='([^']+)', overload='([^']+)'\)", message)
-    if found:
-        return f"{found.group(1)}.{found.group(2)}"
-    return first_match(_OP_PATTERNS, message)
-
-
-def _summary(message: str) -> str:
-    """The innermost cause from the exporter's '## Exception summary', else its first line."""
-    summary = message.partition("## Exception summary")[2]
-    causes = re.findall(r"^<class '[^']+'>: (.+)$", summary, flags=re.MULTILINE)
-    text = causes[0] if causes else (message.strip().splitlines() or ["unknown error"])[0]
-    return re.sub(r"\x1b\[[0-9;]*m", "", text).rstrip(".")

@@ -25,12 +25,14 @@ import openvino as ov
 import torch
 
 import converters
+from converters import driver
 from converters.base import ConversionJob, ConversionResult, Converter
-from sdk.errors import ConversionError, InvalidInputsError
+from sdk.core.errors import ConversionError, InvalidInputsError
 
 __all__ = ["OpenVINOConverter"]
 
 MODEL_FILE = "model.xml"
+_QUANTIZE_STAGE = "NNCF quantization"
 _NOT_COMPUTE = {"Parameter", "Constant", "Result"}
 _CONVOLUTIONS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData"}
 #: ops between a weight Constant and its consumer: decompression (Convert/Subtract/Multiply), layout, FakeQuantize
@@ -51,9 +53,27 @@ class OpenVINOConverter(Converter):
 
     format = "openvino"
     supported = frozenset({"fp32", "fp16", "int8", "int8-dynamic", "int4"})  # the quantized ones: _SCHEMES
-    options = {"device": "OpenVINO device the IR targets (CPU, NPU, GPU)"}
+    options = {"device": "OpenVINO device the IR targets (CPU, NPU, GPU)",
+               "symmetric_int8": "true where the device takes symmetric int8 only: activations are quantized "
+                                 "symmetrically and INT4's int8 backup weights are symmetric"}
 
-    def convert(self, job: ConversionJob) -> ConversionResult:
+    def failed_op(self, message: str) -> str | None:
+        return _failed_op(message)[0]
+
+    def summary(self, exc: Exception) -> str:
+        return _failed_op(str(exc))[1]
+
+    def hint_for(self, exc: Exception, op: str | None, stage: str | None) -> str:
+        if stage == _QUANTIZE_STAGE:
+            return ("keep the failing layer in float (tolerance= keeps sensitive layers float), or try a gentler "
+                    "scheme (int8-dynamic, fp16)")
+        if op:
+            return ("replace that op with ones OpenVINO converts (see the PyTorch frontend's supported operations), "
+                    "or register an OpenVINO frontend extension for it")
+        return ("the model must be capturable by torch.export at these shapes (no data-dependent Python control "
+                "flow); torch.export.export(model, example_inputs) shows where it stops")
+
+    def build(self, job: ConversionJob) -> ConversionResult:
         device = str(job.profile.converter.get("device", "CPU")).upper()
         model = self._capture(job)
         _name_ports(model, job)
@@ -84,15 +104,8 @@ class OpenVINOConverter(Converter):
     @staticmethod
     def _capture(job: ConversionJob) -> ov.Model:
         shapes = [ov.PartialShape(list(t.shape)) for t in job.example_inputs]
-        try:
+        with driver.stage("ov.convert_model"):
             return ov.convert_model(job.model, example_input=tuple(job.example_inputs), input=shapes, dynamo=True)
-        except Exception as exc:
-            op, why = _failed_op(str(exc))
-            hint = ("replace that op with ones OpenVINO converts (see the PyTorch frontend's supported operations), "
-                    "or register an OpenVINO frontend extension for it") if op else (
-                    "the model must be capturable by torch.export at these shapes (no data-dependent Python control "
-                    "flow); torch.export.export(model, example_inputs) shows where it stops")
-            raise ConversionError(why, fmt="openvino", device=job.profile.id, op=op, hint=hint) from exc
 
 
 def _name_ports(model: ov.Model, job: ConversionJob) -> None:
@@ -131,17 +144,10 @@ def _quantize(model: ov.Model, layers: dict[str, str], job: ConversionJob, devic
     except ImportError as exc:
         raise ConversionError(f"NNCF is not installed ({exc})", fmt="openvino", device=job.profile.id,
                               hint="pip install 'edge-sdk[openvino]' (NNCF quantizes OpenVINO models)") from exc
-    _check_keep_float(job)
-    ignored = nncf.IgnoredScope(names=sorted(op for op, layer in layers.items() if _kept_by(layer, job.keep_float)))
-    try:
+    ignored = nncf.IgnoredScope(names=sorted(op for op, layer in layers.items()
+                                             if driver.kept_by(layer, job.keep_float)))
+    with driver.stage(_QUANTIZE_STAGE):
         return _SCHEMES[job.precision.name](nncf, model, ignored, job, device)
-    except (ConversionError, InvalidInputsError):
-        raise
-    except Exception as exc:
-        raise ConversionError(f"NNCF failed to quantize the model ({job.precision}): {type(exc).__name__}: "
-                              f"{_summary(str(exc))}", fmt="openvino", device=job.profile.id,
-                              hint="keep the failing layer in float (tolerance= keeps sensitive layers float), or "
-                                   "try a gentler scheme (int8-dynamic, fp16)") from exc
 
 
 def _static_int8(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob, device: str) -> tuple[ov.Model, _Plan]:
@@ -152,7 +158,7 @@ def _static_int8(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob, d
     if not samples:
         raise InvalidInputsError(f"static INT8 for {job.profile.id} needs calibration data (nncf.quantize sets "
                                  "activation ranges from it); or use 'int8-dynamic'")
-    symmetric = config.symmetric_activations or device == "NPU"  # the NPU takes symmetric int8 only
+    symmetric = config.symmetric_activations or _symmetric_only(job)
     preset = nncf.QuantizationPreset.PERFORMANCE if symmetric else nncf.QuantizationPreset.MIXED
     target = nncf.TargetDevice(device) if device in nncf.TargetDevice.__members__ else nncf.TargetDevice.ANY
     advanced = AdvancedQuantizationParameters(
@@ -164,9 +170,10 @@ def _static_int8(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob, d
     notes = [f"OpenVINO {device} runs the FakeQuantize-annotated IR with its int8 kernels"
              + (" (VNNI/AMX where the CPU has them)" if device == "CPU" else "")
              + "; no speed-up is assumed: measure it on the target"]
-    if device == "NPU" and not config.symmetric_activations:
-        notes.append(f"{job.profile.id}: activations are quantized symmetrically (preset=performance): the NPU takes "
-                     "symmetric int8; the recipe's asymmetric activations are not used there")
+    if _symmetric_only(job) and not config.symmetric_activations:
+        notes.append(f"{job.profile.id}: activations are quantized symmetrically (preset=performance): the device "
+                     "takes symmetric int8 only (profile [converter] symmetric_int8); the recipe's asymmetric "
+                     "activations are not used there")
     return quantized, _Plan(
         toolchain=f"NNCF {nncf.__version__} nncf.quantize on the ov.Model (preset={preset.value}, "
                   f"target_device={target.value}{', model_type=TRANSFORMER' if transformer else ''})",
@@ -174,6 +181,11 @@ def _static_int8(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob, d
                 f"per-tensor {'symmetric' if symmetric else 'asymmetric'} (FakeQuantize ops), ranges calibrated on "
                 f"{len(samples)} samples with fast bias correction; biases and norms stay float"),
         activations="int8", backup=None, notes=notes)
+
+
+def _symmetric_only(job: ConversionJob) -> bool:
+    """The device takes symmetric int8 only (a profile fact, e.g. the Intel NPU)."""
+    return bool(job.profile.converter.get("symmetric_int8", False))
 
 
 def _is_transformer(model: ov.Model) -> bool:
@@ -210,7 +222,7 @@ def _int4_weights(nncf: Any, model: ov.Model, ignored: Any, job: ConversionJob,
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     group = job.precision.group_size
-    backup = nncf.BackupMode.INT8_SYM if device == "NPU" else nncf.BackupMode.INT8_ASYM  # NPU: symmetric weights
+    backup = nncf.BackupMode.INT8_SYM if _symmetric_only(job) else nncf.BackupMode.INT8_ASYM
     quantized = nncf.compress_weights(
         model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group, ratio=1.0, ignored_scope=ignored,
         backup_mode=backup,
@@ -239,20 +251,6 @@ _SCHEMES = {"int8": _static_int8, "int8-dynamic": _int8_weights, "int4": _int4_w
 def _feed(sample: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
     """A calibration tuple as the positional inputs OpenVINO's infer takes."""
     return [t.detach().cpu().numpy() for t in sample]
-
-
-def _check_keep_float(job: ConversionJob) -> None:
-    modules = dict(job.model.named_modules())
-    unknown = sorted(name for name in job.keep_float if name not in modules)
-    if unknown:
-        raise ConversionError(f"keep_float names modules the model does not have: {', '.join(unknown)}",
-                              fmt="openvino", device=job.profile.id,
-                              hint="use names from model.named_modules(), e.g. 'features.3'")
-
-
-def _kept_by(layer: str, keep: frozenset[str]) -> str | None:
-    """The keep_float entry that covers `layer` (itself or a parent module), if any."""
-    return next((k for k in sorted(keep) if layer == k or layer.startswith(k + ".")), None)
 
 
 # --- which torch module each IR weight belongs to ---
@@ -314,7 +312,7 @@ def _same_weight(const: np.ndarray, weight: np.ndarray) -> bool:
 
 
 def _proportional(a: np.ndarray, b: np.ndarray, axis: int) -> bool:
-    """Every slice of `a` along `axis` is a scalar multiple of that slice of `b` (exactly equal for 1-element slices)."""
+    """Every slice of `a` along `axis` is a scalar multiple of that slice of `b` (equal for 1-element slices)."""
     a2 = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).astype(np.float64)
     b2 = np.moveaxis(b, axis, 0).reshape(b.shape[axis], -1).astype(np.float64)
     if a2.shape[1] < 2:
@@ -370,9 +368,9 @@ def _account(path: Path, layers: dict[str, str], plan: _Plan, job: ConversionJob
 
 
 def _float_reason(layer: str, dtype: str, job: ConversionJob) -> str:
-    kept = _kept_by(layer, job.keep_float)
+    kept = driver.kept_reason(layer, job.keep_float)
     if kept is not None:
-        return "kept in float on request" + ("" if kept == layer else f" (inside kept module {kept!r})")
+        return kept
     weight = getattr(dict(job.model.named_modules()).get(layer), "weight", None)
     width = weight[0].numel() if isinstance(weight, torch.Tensor) else None
     group = getattr(job.precision, "group_size", None)

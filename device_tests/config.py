@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from sdk.errors import UserInputError, closest
+from sdk.core.errors import UserInputError, closest
 
 __all__ = ["BUDGETS", "CONFIG_FILE", "Budget", "read_config", "resolve"]
 

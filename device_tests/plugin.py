@@ -2,9 +2,9 @@
 
 Registered through the `pytest11` entry point, so its options and fixtures exist in every pytest session
 where edge-sdk is installed. It is inert unless `--bundle` is given: it imports no numpy, httpx or runtime
-(sdk.errors and tomllib at most), connects to no agent, and parametrizes no test. Fixtures for your own device tests:
+(sdk.core.errors and tomllib at most), connects to no agent, and parametrizes no test. Fixtures for your own device tests:
 `agent` (sdk.agent.Client, LocalAgent for `--agent local`, one farm device for
-`--agent farm://HEAD/DEVICE`), `bundle` (sdk.artifact.Artifact, one per
+`--agent farm://HEAD/DEVICE`), `bundle` (sdk.Artifact, one per
 `--bundle`), `device_profile` (sdk.devices.DeviceProfile), `device_budgets`, `device_label`.
 """
 from __future__ import annotations
@@ -65,8 +65,8 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from device_tests.config import CONFIG_FILE, read_config
     from sdk import devices
-    from sdk.artifact import load_artifact
-    from sdk.errors import SdkError
+    from sdk.core.bundle import load_artifact
+    from sdk.core.errors import SdkError
 
     for option in _COUNTS:
         if config.getoption("edge_" + option[2:].replace("-", "_")) < 1:
@@ -132,10 +132,10 @@ def agent(pytestconfig: pytest.Config) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def bundle(request: pytest.FixtureRequest) -> Any:
-    """The bundle under test (sdk.artifact.Artifact), one per --bundle."""
+    """The bundle under test (sdk.Artifact), one per --bundle."""
     if not hasattr(request, "param"):
         pytest.skip("no bundle to test: pass --bundle PATH (a folder written by sdk.export)")
-    from sdk.artifact import load_artifact
+    from sdk.core.bundle import load_artifact
 
     return load_artifact(request.param)
 
@@ -184,7 +184,7 @@ def device_target(agent: Any, bundle: Any, device_profile: Any, pytestconfig: py
         return "local"
     if wanted != "auto":
         return wanted
-    from sdk.errors import SdkError
+    from sdk.core.errors import SdkError
 
     try:
         phone = agent.device().get("phone") or {}
@@ -196,7 +196,7 @@ def device_target(agent: Any, bundle: Any, device_profile: Any, pytestconfig: py
 
 def run_benchmark(agent: Any, upload: Path, target: str, **spec: Any) -> checks.Outcome:
     """One benchmark job as an Outcome: the result, or the SDK error's message (never raised)."""
-    from sdk.errors import SdkError
+    from sdk.core.errors import SdkError
 
     if target != "local":
         spec["target"] = target

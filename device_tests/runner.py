@@ -83,7 +83,7 @@ def run_farm(bundles: Sequence[str | Path], address: str, *, junitxml: str | Pat
     """Run the suite on every live device of the farm at `address`, each with the bundles of its profile; one
     JUnit file per device (`<junitxml stem>-<device><suffix>`). Returns the worst exit code (5: no device
     matched any bundle)."""
-    from sdk.artifact import load_artifact
+    from sdk.core.bundle import load_artifact
     from sdk.farm import connect
 
     console = console or Console()

@@ -2,7 +2,7 @@
 before it, and the agent keeps serving: it answers, and runs the bundle again."""
 from device_tests import checks
 from device_tests.plugin import run_benchmark
-from sdk.errors import SdkError
+from sdk.core.errors import SdkError
 
 
 def test_bad_input_refused_and_agent_keeps_serving(agent, bundle, device_upload, device_target, device_benchmark,

@@ -2,7 +2,7 @@
 
     pytest samples/device_test_example.py --agent http://jetson.local:8765 --bundle out/jetson-orin-nano
 
-`agent` is an sdk.agent.Client (or LocalAgent for `--agent local`), `bundle` the sdk.artifact.Artifact of
+`agent` is an sdk.agent.Client (or LocalAgent for `--agent local`), `bundle` the sdk.Artifact of
 each --bundle, `device_profile` its sdk.devices.DeviceProfile. Without --bundle these tests are skipped.
 """
 import pytest
@@ -15,7 +15,8 @@ def test_p90_keeps_10pct_headroom(agent, bundle, device_profile):
         pytest.skip(f"profile {device_profile.id} sets no latency budget")
     r = agent.benchmark(bundle, warmup=10, iterations=100, energy=False)
     assert r.parity.passed, r.parity.failures
-    assert r.latency_ms.p90 < 0.9 * budget, f"{bundle.path} on {r.ran_on}: p90 {r.latency_ms.p90:.2f} ms >= 90% of {budget} ms"
+    assert r.latency_ms.p90 < 0.9 * budget, (f"{bundle.path} on {r.ran_on}: p90 {r.latency_ms.p90:.2f} ms "
+                                             f">= 90% of {budget} ms")
 
 
 def test_every_frame_of_a_30_fps_camera(agent, bundle):

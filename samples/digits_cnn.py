@@ -47,7 +47,8 @@ def load_data(seed: int = 0, test_size: float = 0.2) -> tuple[torch.Tensor, torc
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(digits.target, dtype=torch.long)
-    idx_train, idx_test = train_test_split(range(len(y)), test_size=test_size, random_state=seed, stratify=digits.target)
+    idx_train, idx_test = train_test_split(range(len(y)), test_size=test_size, random_state=seed,
+                                           stratify=digits.target)
     return x[idx_train], y[idx_train], x[idx_test], y[idx_test]
 
 

@@ -36,7 +36,8 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     # expansion t, channels c, repeats n, stride s (Table 2 of the paper)
-    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1)]
 
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0):
         super().__init__()

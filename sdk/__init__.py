@@ -5,14 +5,25 @@
 'onnx'
 
 Heavy parts (torch, toolchains) load lazily on first use, so the device side (`sdk.agent`,
-`sdk.artifact`, `backends`) imports without torch.
+`sdk.core`, `backends`) imports without torch.
 """
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
+from sdk.core import bundle as _bundle
+from sdk.core import errors as _errors
+from sdk.core import parity as _parity
+from sdk.core import recipes as _recipes
 from sdk.version import __version__
+
+# Modules that moved into sdk.core keep their old paths as aliases of the same module objects, so
+# `from sdk.errors import SdkError` and `sdk.errors.SdkError` keep working (one class, not a copy).
+for _old, _module in {"sdk.errors": _errors, "sdk.recipes": _recipes, "sdk.artifact": _bundle,
+                      "sdk.parity": _parity}.items():
+    sys.modules.setdefault(_old, _module)
 
 __all__ = [
     "__version__",
@@ -31,14 +42,14 @@ _LAZY = {
     "export": ("sdk.pipeline", "export"),
     "ExportResult": ("sdk.pipeline", "ExportResult"),
     "compress": ("sdk.compression", "compress"),
-    "load_artifact": ("sdk.artifact", "load_artifact"),
-    "Artifact": ("sdk.artifact", "Artifact"),
-    **{name: ("sdk.recipes", name) for name in (
+    "load_artifact": ("sdk.core.bundle", "load_artifact"),
+    "Artifact": ("sdk.core.bundle", "Artifact"),
+    **{name: ("sdk.core.recipes", name) for name in (
         "Tolerance", "Fp32", "Fp16", "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize",
         "Prune", "LowRank", "DepthwiseSeparable", "Distill")},
     "devices": ("sdk.devices", None),
-    "recipes": ("sdk.recipes", None),
-    "errors": ("sdk.errors", None),
+    "recipes": ("sdk.core.recipes", None),
+    "errors": ("sdk.core.errors", None),
     "agent": ("sdk.agent", None),
     "farm": ("sdk.farm", None),
 }

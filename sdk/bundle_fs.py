@@ -1,6 +1,6 @@
 """Bundle folders on disk after the fact: leftovers of killed exports, and permissions that follow the umask.
 
-An export stages its bundle in `<out>/.<device>.partial-<pid>-*` (sdk.artifact.BundleWriter). A hard kill
+An export stages its bundle in `<out>/.<device>.partial-<pid>-*` (sdk.core.bundle.BundleWriter). A hard kill
 (SIGKILL, power loss) leaves that folder behind; the next export to the same folder removes the ones whose process
 is gone. A staging folder is created private (mode 0700, tempfile.mkdtemp); the finished bundle gets the mode the
 user's umask gives a new folder, like any folder they create.

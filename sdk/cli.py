@@ -21,7 +21,7 @@ from rich.table import Table
 
 from sdk import devices, preflight, recipe_file
 from sdk.agent.spec import RunSpec
-from sdk.errors import SdkError, UserInputError
+from sdk.core.errors import SdkError, UserInputError
 from sdk.progress import Progress, key_for, quiet_third_party_bars
 from sdk.summary import WIDTH, DeviceOutcome, compact_lines, fmt_size, write_summary
 

@@ -1,7 +1,8 @@
 """`sdk.compress`: run a recipe's compression passes on a PyTorch model, torch in, torch out, no export.
 
 >>> import torch, sdk.compression as c
->>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 256), torch.nn.Linear(256, 10))
+>>> nn = torch.nn
+>>> model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 256), nn.Linear(256, 10))
 >>> small = c.compress(model, "lowrank:0.25", example_inputs=(torch.randn(1, 64),))
 >>> [row["name"] for row in small.edge_sdk_report["passes"][0]["layers"]]
 ['2']
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from sdk.errors import RecipeError
-from sdk.recipes import ConfigLike, parse
+from sdk.core.errors import RecipeError
+from sdk.core.recipes import ConfigLike, parse
 
 if TYPE_CHECKING:
     import torch
@@ -34,8 +35,8 @@ def compress(model: "nn.Module", recipe: ConfigLike | Iterable[ConfigLike], *, e
     configs = parse(recipe)
     precision = [c for c in configs if c.kind == "precision"]
     if precision:
-        raise RecipeError(f"{precision[0]} is a precision config: sdk.compress runs compression passes only. "
-                          f"Quantize while exporting: sdk.export(model, device=..., recipe={[str(c) for c in configs]})")
+        raise RecipeError(f"{precision[0]} is a precision config: sdk.compress runs compression passes only. Quantize "
+                          f"while exporting: sdk.export(model, device=..., recipe={[str(c) for c in configs]})")
     from converters.passes import apply
 
     compressed, report = apply(model, configs, example_inputs=example_inputs, calibration=calibration)

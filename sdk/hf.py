@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sdk.errors import InvalidInputsError, UnsupportedError, closest
+from sdk.core.errors import InvalidInputsError, UnsupportedError, closest
 
 __all__ = ["TASKS", "TaskSpec", "is_transformers_model", "prepare"]
 

@@ -11,14 +11,16 @@ from typing import Any, Iterable, Sequence
 import torch
 
 import converters
-from converters.base import ConversionJob, ConversionResult
+from converters import driver
+from converters.base import ConversionJob
 from converters.passes.metrics import count_macs, count_params
-from sdk import bundle_fs, explain, hf, preflight, quantization, recipes, report_html
-from sdk.artifact import Artifact, BundleWriter, load_artifact
+from sdk import bundle_fs, explain, hf, preflight, quantization, report_html
+from sdk.core.bundle import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
-from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
-                        UnsupportedRecipeError)
+from sdk.core.errors import (InvalidInputsError, ParityError)
 from sdk.progress import with_progress
+from sdk import devices
+from sdk.core import recipes
 from sdk.report import build_report
 from sdk.validate import validate_bundle
 
@@ -83,11 +85,11 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     reference_out = _run_model(original, inputs, check=True)
     plan = recipes.resolve(profile, recipe)
     converter = converters.get(profile.format)
-    _check_converter(converter, plan, profile)
+    driver.check_target(converter, profile, plan.precision)  # refuse before any long pass
     tol = plan.tolerance(tolerance)
     calib = _materialize_calibration(calibration, inputs, "calibration")
     evaluation = _materialize_calibration(eval_data, inputs, "eval_data")
-    quantizing = quantization.is_quantizing(plan.precision)
+    quantizing = plan.precision.quantizes
     if quantizing:  # fail early, before any long pass, if static INT8 has no calibration data
         quantization.split_calibration(plan.precision, calib, evaluation, inputs, profile)
 
@@ -117,9 +119,9 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
             job.calibration, heldout, source = quantization.split_calibration(plan.precision, calib, evaluation,
                                                                               inputs, profile)
             result = quantization.convert_quantized(converter, job, tolerance=tol, user_tolerance=tolerance is not None,
-                                                    heldout=heldout, heldout_source=source, convert=_convert)
+                                                    heldout=heldout, heldout_source=source)
         else:
-            result = _convert(converter, job)
+            result = converter.convert(job)
         timings["convert_s"] = time.perf_counter() - t0
 
         np_inputs = [t.detach().cpu().numpy() for t in inputs]
@@ -127,7 +129,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
         writer.write_reference(np_inputs, np_outputs)
         manifest = writer.write_manifest(
             device=profile.id, fmt=profile.format, runtime=profile.runtime, model_file=result.model_file,
-            inputs=np_inputs, outputs=np_outputs, recipe=plan.to_strings(),
+            inputs=np_inputs, outputs=np_outputs, recipe=plan,
             runtime_options={**profile.converter, **result.runtime_options},
             extra={"tolerance": tol.to_dict(), **task_info})
 
@@ -153,8 +155,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
 
 def _export_text_generation(model: Any, device: str | DeviceProfile, **kwargs: Any) -> ExportResult:
     """Hook for causal LMs: a static-KV-cache decoder, not a single-call graph (the work lives in converters/llm)."""
-    from converters.llm.export import export_llm
-    from sdk import devices
+    from sdk.llm.export import export_llm
 
     artifact, report = export_llm(model, devices.get(device), **kwargs)
     return ExportResult(artifact=artifact, report=report)
@@ -199,17 +200,6 @@ def _run_model(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], check: 
     return [t.detach().float() if t.is_floating_point() else t.detach() for t in _flatten(outputs)]
 
 
-def _check_converter(converter: converters.Converter, plan: recipes.Recipe, profile: DeviceProfile) -> None:
-    unknown = sorted(set(profile.converter) - set(converter.options))
-    if unknown:
-        raise ProfileError(f"device profile {profile.id!r}: [converter] key {unknown[0]!r} is not an option of the "
-                           f"{profile.format} converter (options: {', '.join(converter.options) or 'none'})")
-    precision = plan.precision
-    if precision.name not in converter.supported:
-        supported = [p for p in profile.precisions if p in converter.supported]
-        raise UnsupportedRecipeError(precision.to_string(), profile.format, profile.id, supported)
-
-
 def _materialize_calibration(calibration: Iterable[Any] | None, example_inputs: tuple[torch.Tensor, ...],
                              what: str) -> list[tuple[torch.Tensor, ...]] | None:
     """Turn any iterable of input tuples (or a DataLoader of (x, label) batches) into a list of input tuples."""
@@ -239,16 +229,3 @@ def _materialize_calibration(calibration: Iterable[Any] | None, example_inputs: 
     if not samples:
         raise InvalidInputsError(f"{what} is empty: give at least one input tuple")
     return samples
-
-
-def _convert(converter: converters.Converter, job: ConversionJob) -> ConversionResult:
-    """Run the converter, turning any unexpected toolchain exception into a ConversionError."""
-    try:
-        return converter.convert(job)
-    except SdkError:
-        raise
-    except Exception as exc:  # a toolchain failure the converter did not classify
-        raise ConversionError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                              fmt=job.profile.format, device=job.profile.id,
-                              hint="run with logging at DEBUG for the toolchain's full message, or try another "
-                                   "device with a different format (see `edge-sdk devices`)") from exc

@@ -6,7 +6,7 @@ messages name what the caller typed: keyword arguments from Python, flags from t
 >>> check_export("jetson", recipe="int8")
 Traceback (most recent call last):
 ...
-sdk.errors.InvalidInputsError: static INT8 ('int8') for jetson-orin-nano needs calibration data ...
+sdk.core.errors.InvalidInputsError: static INT8 ('int8') for jetson-orin-nano needs calibration data ...
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from sdk import devices, recipes
 from sdk.devices import DeviceProfile
-from sdk.errors import InvalidInputsError, OutputDirError, RecipeError, UnsupportedRecipeError, UserInputError
+from sdk.core.errors import InvalidInputsError, OutputDirError, RecipeError, UnsupportedRecipeError, UserInputError
 
 __all__ = ["Terms", "API", "CLI", "check_export", "check_cli_export", "check_output_dir"]
 

@@ -10,7 +10,7 @@ import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -19,21 +19,16 @@ import backends
 from converters.base import ConversionJob, ConversionResult, Converter
 from converters.quant.sensitivity import layer_sensitivity, quantizable_layers, simulate
 from sdk.devices import DeviceProfile
-from sdk.errors import ConversionError, InvalidInputsError, ParityError
-from sdk.parity import compare
-from sdk.recipes import Config, Int8Static, Tolerance
+from sdk.core.errors import ConversionError, InvalidInputsError, ParityError, SdkError, first_line
+from sdk.core.parity import compare
+from sdk.core.recipes import Config, Int8Static, Tolerance
 
 log = logging.getLogger("sdk")
 
-QUANTIZING = ("int8", "int8-dynamic", "int4", "palettize")
 HOLDOUT_FRACTION = 0.2
 MAX_SENSITIVITY_SAMPLES = 16
 TOP_OFFENDERS = 10
 DEFAULT_MAX_FALLBACK_LAYERS = 8
-
-
-def is_quantizing(config: Config) -> bool:
-    return config.name in QUANTIZING
 
 
 def split_calibration(config: Config, calibration: list[tuple] | None, eval_data: list[tuple] | None,
@@ -77,13 +72,27 @@ class HeldOutEvaluator:
         else:
             manifest = {"inputs": _specs("in", self.job.example_inputs), "outputs": _specs("out", self.reference[0]),
                         "runtime_options": dict(self.job.profile.converter)}
-            session = self.backend.load(self.job.workdir / result.model_file, manifest)
-            outputs = [session.run([t.numpy() for t in x]) for x in self.heldout]
-            ran_on = session.ran_on
-        got = [np.concatenate([o[i].reshape(1, -1) if o[i].ndim < 2 else o[i] for o in outputs]) for i in range(len(outputs[0]))]
+            outputs, ran_on = self._run(result, manifest)
+        got = [np.concatenate([o[i].reshape(1, -1) if o[i].ndim < 2 else o[i] for o in outputs])
+               for i in range(len(outputs[0]))]
         ref = [np.concatenate([r[i].reshape(1, -1) if r[i].ndim < 2 else r[i] for r in self.reference])
                for i in range(len(self.reference[0]))]
         return {"ran_on": ran_on, "samples": len(self.heldout), **compare(got, ref, {"min_cosine": -1.0})}
+
+
+    def _run(self, result: ConversionResult, manifest: dict[str, Any]) -> tuple[list[list[np.ndarray]], str]:
+        """The staged file's outputs on every held-out input; a runtime's own exception becomes a ConversionError."""
+        profile = self.job.profile
+        try:
+            session = self.backend.load(self.job.workdir / result.model_file, manifest)
+            return [session.run([t.numpy() for t in x]) for x in self.heldout], session.ran_on
+        except SdkError:
+            raise
+        except Exception as exc:
+            raise ConversionError(f"the converted {result.model_file} failed to run in {profile.runtime} on the "
+                                  f"held-out inputs: {type(exc).__name__}: {first_line(exc)}", fmt=profile.format,
+                                  device=profile.id, hint="try 'fp16' or another precision; report this with the "
+                                  "model if the runtime should take it") from exc
 
 
 def weight_only_artifact(result: ConversionResult) -> bool:
@@ -97,7 +106,7 @@ def toolchain_float_layers(result: ConversionResult) -> set[str]:
 
 
 def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: Tolerance, user_tolerance: bool,
-                      heldout: list[tuple], heldout_source: str, convert: Callable[[Converter, ConversionJob], ConversionResult],
+                      heldout: list[tuple], heldout_source: str,
                       max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS) -> ConversionResult:
     """Convert with the job's quantization config; with a user tolerance, keep the worst layers in float until met."""
     config = job.precision
@@ -113,15 +122,13 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
         attempt = replace(job, keep_float=frozenset(keep))
         log.info("quantizing (%s) with %d layer(s) kept in float", config, len(keep))
         try:
-            candidate = convert(converter, attempt)
+            candidate = converter.convert(attempt)
         except ConversionError as exc:
             if not keep:
                 raise
             unexcludable[keep.pop()] = str(exc)  # e.g. a module whose forward never runs on its own
         else:
             result = candidate
-            if not keep:
-                _check_something_quantized(result, job)
             parity = evaluate(result, attempt.keep_float)
             problems = _misses(parity, tolerance)
             steps.append({"kept_float": list(keep), "min_cosine": min(o["cosine"] for o in parity["outputs"]),
@@ -129,7 +136,8 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
             if sensitivity is None:  # after the first conversion, which says whether activations were quantized
                 log.info("measuring per-layer sensitivity to %s", config)
                 sensitivity = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES],
-                                                heldout[:MAX_SENSITIVITY_SAMPLES], weight_only=weight_only_artifact(result))
+                                                heldout[:MAX_SENSITIVITY_SAMPLES],
+                                                weight_only=weight_only_artifact(result))
             if not problems or not user_tolerance:
                 break
         skip = set(keep) | set(unexcludable) | toolchain_float_layers(result)
@@ -149,7 +157,8 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
     report.update({
         "config": config.to_string(),
         "heldout": {"source": heldout_source, **parity},
-        "sensitivity": {"method": "torch fake-quant of the same scheme, one layer at a time; sorted by model-output SQNR"
+        "sensitivity": {"method": "torch fake-quant of the same scheme, one layer at a time; sorted by model-output "
+                                  "SQNR"
                                   + (" (weights only, as the artifact keeps activations in float)"
                                      if weight_only_artifact(result) else ""),
                         "layers_measured": len(sensitivity), "worst": sensitivity[:TOP_OFFENDERS]},
@@ -165,23 +174,8 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
     return result
 
 
-def _check_something_quantized(result: ConversionResult, job: ConversionJob) -> None:
-    """A scheme that left every layer float is not the artifact asked for (e.g. block-wise INT4 on a CNN whose
-    only matrix multiply the toolchain cannot take): refuse it, with the converter's reasons, rather than ship an
-    fp32 file labelled int4."""
-    account = result.quantization or {}
-    if account.get("quantized_layers"):
-        return
-    _clear(job.workdir)
-    reasons = "; ".join(sorted({entry["reason"] for entry in account.get("float_layers", [])})[:3])
-    raise ConversionError(f"{job.precision} quantized no layer of this model ({reasons or 'none reported'})",
-                          fmt=job.profile.format, device=job.profile.id,
-                          hint="use a precision these layers take (int8 quantizes convolutions and linears on every "
-                               "target), or keep the model in fp16/fp32")
-
-
 def _misses(parity: dict[str, Any], tolerance: Tolerance) -> list[str]:
-    from sdk.parity import failures
+    from sdk.core.parity import failures
 
     return [msg for o in parity["outputs"] for msg in failures(o, tolerance.to_dict())]
 
@@ -203,5 +197,6 @@ def _flat(out) -> list[torch.Tensor]:
 
 
 def _specs(prefix: str, arrays) -> list[dict[str, Any]]:
-    return [{"name": f"{prefix}_{i}", "shape": list(a.shape), "dtype": str(a.numpy().dtype if hasattr(a, "numpy") else a.dtype)}
+    return [{"name": f"{prefix}_{i}", "shape": list(a.shape),
+             "dtype": str(a.numpy().dtype if hasattr(a, "numpy") else a.dtype)}
             for i, a in enumerate(arrays)]

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from sdk.errors import UserInputError, closest
+from sdk.core.errors import UserInputError, closest
 
 if sys.version_info >= (3, 11):
     import tomllib

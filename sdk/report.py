@@ -7,12 +7,9 @@ from sdk.version import __version__
 
 if TYPE_CHECKING:
     from converters.base import ConversionResult
-    from sdk.artifact import Artifact
+    from sdk.core.bundle import Artifact
     from sdk.devices import DeviceProfile
-    from sdk.recipes import Recipe
-
-# Which peak-compute figure of a profile bounds each precision config.
-_PEAK_KEY = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "int8-dynamic": "int8", "int4": "int8", "palettize": "fp16"}
+    from sdk.core.recipes import Recipe
 
 
 def build_report(*, profile: "DeviceProfile", plan: "Recipe", manifest: Mapping[str, Any], artifact: "Artifact",
@@ -73,7 +70,7 @@ def _parity(validation: Mapping[str, Any]) -> dict[str, Any]:
 
 def _roofline(profile: "DeviceProfile", plan: "Recipe", macs: int, size_bytes: int) -> dict[str, Any]:
     """Latency lower bound on the device: max(compute at peak, weights read once at full bandwidth)."""
-    key = _PEAK_KEY.get(plan.precision.name, "fp32")
+    key = plan.precision.peak_key or "fp32"
     bound = profile.roofline_ms(macs, size_bytes, key)
     if bound is None:
         return {"bound_ms": None, "reason": f"profile {profile.id} has no peak_tops.{key} figure"}

@@ -85,7 +85,8 @@ def compact_lines(outcomes: Sequence[DeviceOutcome]) -> tuple[list[str], list[st
     for o in outcomes:
         mark = "ok" if o.ok and o.parity_passed is not False else "FAIL"
         latency = f"{o.latency_p50_ms:8.3g} ms" if o.latency_p50_ms is not None else f"{'-':>11}"
-        line = f"{mark:<4} {o.device[:17]:<17} {o.format[:10]:<10} {fmt_size(o.size_bytes):>9}  {_parity(o):<16} {latency}"
+        line = (f"{mark:<4} {o.device[:17]:<17} {o.format[:10]:<10} {fmt_size(o.size_bytes):>9}  "
+                f"{_parity(o):<16} {latency}")
         if o.note:
             if o.note not in notes:
                 notes.append(o.note)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sdk.errors import UserInputError
-from sdk.recipes import Tolerance
+from sdk.core.errors import UserInputError
+from sdk.core.recipes import Tolerance
 
 #: host validation is a check, not a benchmark: `edge-sdk bench` and `make bench` measure properly
 HOST_CHECK = {"warmup": 5, "iterations": 30, "idle_s": 0.5}

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from sdk.artifact import BundleWriter, load_artifact
+from sdk.core.bundle import BundleWriter, load_artifact
 
 
 def onnx_model(seed: int, features: int = 8, classes: int = 4, nan_bias: bool = False) -> onnx.ModelProto:

@@ -13,7 +13,7 @@ from agent_bundles import PLUGINS, REPO, make_bundle, onnx_model, zip_bundle
 
 from sdk.agent import BenchmarkFailed, BenchmarkResult, LocalAgent, bench
 from sdk.agent.intake import content_problem
-from sdk.artifact import load_artifact
+from sdk.core.bundle import load_artifact
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ def test_validate_on_a_remote_agent(tiny_cnn, tiny_input, agent, device_id, tmp_
 
 def test_remote_agent_without_token_is_a_clear_error(tiny_cnn, tiny_input, agent, tmp_path, monkeypatch):
     monkeypatch.delenv("EDGE_SDK_AGENT_TOKEN", raising=False)
-    with pytest.raises(sdk.errors.AgentError, match="401"):
+    with pytest.raises(sdk.core.errors.AgentError, match="401"):
         sdk.export(tiny_cnn, "intel-cpu", tiny_input, output_dir=tmp_path, validate=agent.url)
     assert not any(tmp_path.iterdir())
 

@@ -148,7 +148,7 @@ def test_export_validated_on_the_agent_refuses_a_nan_model(agent, tmp_path, monk
     from test_parity_nan import LogOfShifted
 
     import sdk
-    from sdk.errors import ParityError
+    from sdk.core.errors import ParityError
 
     monkeypatch.setenv("EDGE_SDK_AGENT_TOKEN", TOKEN)
     with pytest.raises(ParityError, match="NaN"):

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from sdk.agent import Client
 from sdk.agent.server import serve
 from sdk.cli import app
-from sdk.errors import AgentError, UserInputError
+from sdk.core.errors import AgentError, UserInputError
 
 TOKEN = "limits-test-token-0123456789"
 QUICK = {"warmup": 0, "iterations": 2, "idle_s": 0, "energy": False, "timeout_s": 60}

@@ -19,7 +19,7 @@ from agent_bundles import AgentProcess, make_bundle, zip_bundle
 
 from sdk.agent import Client
 from sdk.agent.server import serve
-from sdk.errors import AgentError, UserInputError
+from sdk.core.errors import AgentError, UserInputError
 
 TOKEN = "test-token-5b1c9f"
 QUICK = {"warmup": 1, "iterations": 5, "idle_s": 0, "energy": False, "timeout_s": 60}

@@ -21,8 +21,8 @@ import sdk
 from device_tests import checks
 from device_tests.config import Budget, read_config, resolve
 from sdk.agent import Client, bench
-from sdk.artifact import sha256_file
-from sdk.errors import UserInputError
+from sdk.core.bundle import sha256_file
+from sdk.core.errors import UserInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_RUNNABLE = ("android-arm64", "android-litert", "intel-cpu", "jetson-orin-nano")

@@ -8,7 +8,7 @@ import pytest
 
 import sdk
 from sdk.devices import DeviceProfile
-from sdk.errors import ProfileError, UnknownDeviceError
+from sdk.core.errors import ProfileError, UnknownDeviceError
 
 REQUIRED_IDS = {"jetson-orin-nano", "jetson-agx-orin", "apple-ane", "apple-mac-ane", "intel-cpu", "intel-npu",
                 "android-arm64", "android-litert"}
@@ -19,7 +19,8 @@ def test_builtin_profiles_present():
     assert REQUIRED_IDS <= ids
 
 
-@pytest.mark.parametrize("alias,expected", [("jetson", "jetson-orin-nano"), ("ANE", "apple-ane"), ("iphone", "apple-ane"),
+@pytest.mark.parametrize("alias,expected", [("jetson", "jetson-orin-nano"), ("ANE", "apple-ane"),
+                                            ("iphone", "apple-ane"),
                                             ("Intel", "intel-cpu"), ("android", "android-arm64"),
                                             (" jetson-agx-orin ", "jetson-agx-orin")])
 def test_aliases_case_insensitive(alias, expected):
@@ -52,7 +53,8 @@ def _toml(tmp_path: Path, text: str) -> Path:
 
 def _board_text() -> str:
     src = Path(sdk.devices.__file__).parent / "intel-cpu.toml"
-    return src.read_text().replace('id = "intel-cpu"', 'id = "my-board"').replace('aliases = ["intel"]', 'aliases = ["board"]')
+    text = src.read_text().replace('id = "intel-cpu"', 'id = "my-board"')
+    return text.replace('aliases = ["intel"]', 'aliases = ["board"]')
 
 
 def test_register_toml_and_unregister(tmp_path):
@@ -75,7 +77,8 @@ def test_typo_in_toml_names_file_and_key(tmp_path):
 
 def test_wrong_type_and_bad_format(tmp_path):
     with pytest.raises(ProfileError, match="memory_budget_mb"):
-        DeviceProfile.from_toml(_toml(tmp_path, _board_text().replace("memory_budget_mb = 4096", 'memory_budget_mb = "4GB"')))
+        text = _board_text().replace("memory_budget_mb = 4096", 'memory_budget_mb = "4GB"')
+        DeviceProfile.from_toml(_toml(tmp_path, text))
     with pytest.raises(ProfileError, match="format"):
         DeviceProfile.from_toml(_toml(tmp_path, _board_text().replace('format = "openvino"', 'format = "tensorflow"')))
 
@@ -99,3 +102,22 @@ def test_roofline_bound():
     # 1 GMAC at 20 int8 TOPS = 0.1 ms; 1 MB at 68 GB/s = 0.0147 ms -> compute bound
     assert p.roofline_ms(10**9, 10**6, "int8") == pytest.approx(0.1)
     assert p.roofline_ms(10**9, 10**6, "int4") is None
+
+
+def test_format_is_valid_iff_a_converter_is_registered(tmp_path):
+    import converters
+    from sdk.core import formats
+
+    path = _toml(tmp_path, _board_text().replace('format = "openvino"', 'format = "myformat"'))
+    with pytest.raises(ProfileError, match="no converter is registered for format 'myformat'"):
+        DeviceProfile.from_toml(path)
+
+    @converters.register
+    class MyConverter(converters.Converter):
+        format = "myformat"
+
+    try:
+        assert DeviceProfile.from_toml(path).format == "myformat" and "myformat" in converters.formats()
+    finally:
+        converters._registry.pop("myformat")
+        formats._registered.discard("myformat")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sdk
-from sdk.errors import ParityError
+from sdk.core.errors import ParityError
 
 
 def test_int8_failure_on_a_random_example_points_at_the_example_not_the_tolerance(tmp_path):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import sdk
-from sdk.artifact import REQUIRED_KEYS
-from sdk.errors import (ConversionError, InvalidInputsError, OutputDirError, ParityError, UnknownDeviceError,
+from sdk.core.bundle import REQUIRED_KEYS
+from sdk.core.errors import (ConversionError, InvalidInputsError, OutputDirError, ParityError, UnknownDeviceError,
                         UnsupportedRecipeError)
 
 HOST_RUNNABLE = {"android-arm64", "android-litert", "intel-cpu", "intel-npu", "jetson-orin-nano", "jetson-agx-orin"}

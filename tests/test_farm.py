@@ -23,7 +23,7 @@ from agent_bundles import AgentProcess, make_bundle, zip_bundle
 from farm_cluster import LocalRayCluster
 
 import sdk
-from sdk.artifact import load_artifact
+from sdk.core.bundle import load_artifact
 from sdk.farm import LocalConnection, NoDeviceError
 
 EDGE_SDK = str(Path(sys.executable).with_name("edge-sdk"))
@@ -110,7 +110,7 @@ def test_a_profile_without_a_device_fails_clearly(lab, tmp_path):
     bundle = make_bundle(tmp_path, 99, device="intel-cpu", runtime="openvino")
     with pytest.raises(NoDeviceError, match=r"no device in the farm matches profile=intel-cpu.*edge-sdk farm host"):
         lab.farm.benchmark(bundle, **QUICK)
-    with pytest.raises(sdk.errors.UserInputError, match="unknown run-spec key"):
+    with pytest.raises(sdk.core.errors.UserInputError, match="unknown run-spec key"):
         lab.farm.benchmark(lab.bundles[NANO][0], iterationz=5)
 
 

@@ -38,9 +38,9 @@ def test_local_farm_runs_records_and_reports_a_failed_job_without_losing_the_oth
     assert [(row.name, row.state, row.jobs_done) for row in farm.devices()] == [("local", "free", 3)]
     with zipfile.ZipFile(tmp_path / "not-a-bundle.zip", "w") as zf:
         zf.writestr("model.onnx", b"")
-    with pytest.raises(sdk.errors.UserInputError, match="not a bundle"):
+    with pytest.raises(sdk.core.errors.UserInputError, match="not a bundle"):
         farm.benchmark(tmp_path / "not-a-bundle.zip")
-    with pytest.raises(sdk.errors.AgentError, match="failed on device local.*drives no phone"):
+    with pytest.raises(sdk.core.errors.AgentError, match="failed on device local.*drives no phone"):
         farm.benchmark(bundles[0], target="phone", **QUICK)
     farm.close()
 
@@ -53,7 +53,8 @@ def test_a_phone_over_adb_is_a_farm_device(bundles, tmp_path, monkeypatch):
     worker = DeviceWorker("pixel", {"id": "android-arm64", "format": "executorch", "runtime": "executorch"},
                           connection)
     assert worker.labels["connection"] == "adb" and worker.labels["profile"] == "android-arm64"
-    result = worker.benchmark(zip_bundle(bundles[0], tmp_path / "b.zip").read_bytes(), "b", {**QUICK, "target": "phone"})
+    payload = zip_bundle(bundles[0], tmp_path / "b.zip").read_bytes()
+    result = worker.benchmark(payload, "b", {**QUICK, "target": "phone"})
     assert result["ran_on"].startswith("executor_runner on Pixel 8") and result["parity"]["passed"]
     assert worker.info()["jobs_done"] == 1
 
@@ -88,5 +89,5 @@ def test_farm_host_needs_exactly_one_connection():
     for extra, message in (([], "exactly one of --adb"), (["--adb", "R5CX", "--local"], "exactly one of --adb"),
                            (["--adb", "R5CX"], "--adb needs --runner"), (["--local", "--label", "x"], "key=value")):
         result = runner.invoke(app, ["farm", "host", "--address", "127.0.0.1:1", "--device", "intel-cpu", *extra])
-        assert isinstance(result.exception, sdk.errors.UserInputError), result.output
+        assert isinstance(result.exception, sdk.core.errors.UserInputError), result.output
         assert message in str(result.exception)

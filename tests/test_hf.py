@@ -8,7 +8,7 @@ import torch
 import transformers as tf
 
 import sdk
-from sdk.errors import InvalidInputsError, UnsupportedError
+from sdk.core.errors import InvalidInputsError, UnsupportedError
 
 HOST_RUNNABLE = ("android-arm64", "android-litert", "intel-cpu", "jetson-orin-nano")
 

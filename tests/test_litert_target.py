@@ -14,10 +14,10 @@ pytest.importorskip("ai_edge_litert")
 import backends  # noqa: E402
 import converters  # noqa: E402
 import sdk.devices  # noqa: E402
-import sdk.recipes  # noqa: E402
+import sdk.core.recipes  # noqa: E402
 from backends import InputMismatchError  # noqa: E402
-from sdk.errors import ConversionError, UnsupportedRecipeError  # noqa: E402
-from sdk.parity import compare  # noqa: E402
+from sdk.core.errors import UnsupportedRecipeError  # noqa: E402
+from sdk.core.parity import compare  # noqa: E402
 
 PROFILE = sdk.devices.get("android-litert")
 
@@ -46,13 +46,6 @@ class PartlyDelegated(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.cumsum(self.a(x), dim=-1)
         return self.b(torch.relu(y)), torch.argmax(y, dim=-1)
-
-
-class Histogram(torch.nn.Module):
-    """aten.histc has no litert-torch lowering."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.histc(x, bins=4)
 
 
 def _manifest(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
@@ -195,17 +188,8 @@ def test_int8_model_io_is_converted_with_the_tensors_own_params(tmp_path):
     assert parity["passed"], parity["failures"]
 
 
-def test_unconvertible_op_is_a_conversion_error_naming_it(tmp_path):
-    job = make_job(Histogram().eval(), (torch.randn(1, 16),), PROFILE, tmp_path)
-    with pytest.raises(ConversionError) as info:
-        converters.get("litert").convert(job)
-    err = info.value
-    assert (err.op, err.device, err.format) == ("aten.histc.default", "android-litert", "litert")
-    assert "Try: replace aten.histc.default" in str(err)
-
-
 def test_unsupported_precision_is_refused_by_name(tmp_path):
     job = make_job(TwoInTwoOut().eval(), (torch.randn(1, 2), torch.randn(1, 2)), PROFILE, tmp_path)
-    job.recipe = sdk.recipes.Recipe((sdk.recipes.Palettize(),))
+    job.recipe = sdk.core.recipes.Recipe((sdk.core.recipes.Palettize(),))
     with pytest.raises(UnsupportedRecipeError, match="palettize"):
         converters.get("litert").convert(job)

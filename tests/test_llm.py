@@ -17,7 +17,7 @@ import sdk
 from converters.llm.static_cache import StaticCacheDecoder
 from sdk.agent import Client, LocalAgent
 from sdk.cli import app
-from sdk.errors import (
+from sdk.core.errors import (
     InvalidInputsError,
     UnsupportedError,
     UnsupportedRecipeError,
@@ -116,7 +116,7 @@ def test_generate_over_http_matches_local(exported, tmp_path_factory):
     try:
         with Client(proc.url) as client:
             remote = client.generate(exported.artifact, [5, 17, 33, 9], max_new_tokens=6)
-            with pytest.raises(sdk.errors.AgentError, match="422"):
+            with pytest.raises(sdk.core.errors.AgentError, match="422"):
                 client.generate(exported.artifact, [VOCAB + 1], max_new_tokens=2)
     finally:
         proc.stop()

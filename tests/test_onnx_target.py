@@ -24,7 +24,7 @@ import converters  # noqa: E402
 import converters.onnx as onnx_converter  # noqa: E402
 from backends.base import InputMismatchError  # noqa: E402
 from sdk import devices, parity, recipes  # noqa: E402
-from sdk.errors import ConversionError, ProfileError  # noqa: E402
+from sdk.core.errors import ConversionError, ProfileError  # noqa: E402
 
 HAS_TENSORRT_EP = "TensorrtExecutionProvider" in ort.get_available_providers()
 
@@ -45,7 +45,8 @@ def run_case(model, inputs, profile, recipe, workdir, runtime: str | None = None
     plan = recipes.resolve(profile, recipe)
     result = convert(model, inputs, profile, recipe, workdir, len(ref))
     manifest = {"inputs": specs("in", inputs), "outputs": specs("out", ref),
-                "runtime_options": dict(profile.converter), "recipe": plan.to_strings()}
+                "runtime_options": dict(profile.converter), "recipe": plan.to_strings(),
+                "recipe_configs": plan.to_dicts()}
     backend = backends.get(runtime or profile.runtime)
     assert backend.unavailable_reason() is None
     session = backend.load(workdir / result.model_file, manifest)

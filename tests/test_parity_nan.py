@@ -9,8 +9,8 @@ from agent_bundles import make_bundle
 
 import sdk
 from sdk.agent import LocalAgent
-from sdk.errors import ParityError
-from sdk.parity import compare
+from sdk.core.errors import ParityError
+from sdk.core.parity import compare
 
 REF = [np.array([[1.0, -2.0, 3.0, 0.5]], dtype=np.float32)]
 TOL = [{"min_cosine": 0.9999}, {"max_abs_err": 1e-3}, {"min_sqnr_db": 30.0}, {"min_top1_agreement": 1.0}, {}]

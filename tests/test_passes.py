@@ -36,8 +36,8 @@ from converters.passes.depthwise import separate
 from converters.passes.lowrank import effective_weight as lowrank_weight
 from converters.passes.lowrank import factorize
 from sdk.compression import compress
-from sdk.errors import InternalError, InvalidInputsError, RecipeError
-from sdk.recipes import Config, DepthwiseSeparable, LowRank, Prune
+from sdk.core.errors import InternalError, InvalidInputsError, RecipeError
+from sdk.core.recipes import Config, DepthwiseSeparable, LowRank, Prune
 
 
 @pytest.fixture(scope="module", autouse=True)

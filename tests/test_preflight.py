@@ -16,7 +16,7 @@ import torch
 
 import sdk
 from sdk import preflight
-from sdk.errors import InvalidInputsError, OutputDirError, RecipeError, UnknownDeviceError, UserInputError
+from sdk.core.errors import InvalidInputsError, OutputDirError, RecipeError, UnknownDeviceError, UserInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ CLI_CASES = [
 CHILD = """
 import json, sys, time
 from sdk.cli import app
-from sdk.errors import SdkError
+from sdk.core.errors import SdkError
 results = []
 for argv in json.loads(sys.argv[1]):
     start = time.perf_counter()

@@ -7,7 +7,7 @@ from quant_models import REPORT_KEYS, Net, noise_images, trained_bn
 from torch import nn
 
 import sdk
-from sdk.errors import InvalidInputsError, ParityError, UnsupportedRecipeError
+from sdk.core.errors import InvalidInputsError, ParityError, UnsupportedRecipeError
 
 HOST_RUNNABLE_INT8 = ["android-arm64", "android-litert", "intel-cpu", "jetson-orin-nano"]
 
@@ -111,7 +111,7 @@ def test_unreachable_tolerance_says_how_close(tmp_path):
 def test_a_scheme_that_quantizes_no_layer_is_refused(tmp_path):
     """Block-wise INT4 for TensorRT takes MatMul weights only; a conv-only network would come out all fp32."""
     import sdk
-    from sdk.errors import ConversionError
+    from sdk.core.errors import ConversionError
 
     torch.manual_seed(0)
     convs = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.AdaptiveAvgPool2d(1),

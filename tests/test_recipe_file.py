@@ -7,7 +7,7 @@ import pytest
 
 from sdk import recipe_file
 from sdk.cli import app
-from sdk.errors import UserInputError
+from sdk.core.errors import UserInputError
 
 MODEL = ("import torch\ndef build():\n    torch.manual_seed(0)\n"
          "    return torch.nn.Sequential(torch.nn.Linear(6, 3)).eval()\n"

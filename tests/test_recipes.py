@@ -1,11 +1,15 @@
 """Recipe configs: string forms, validation, resolution against a profile."""
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 import sdk
-from sdk.errors import RecipeError, UnsupportedRecipeError
-from sdk.recipes import Fp16, Int4Weight, LowRank, Palettize, Prune, parse, resolve
+from sdk.core.bundle import BundleWriter, load_artifact
+from sdk.core.errors import RecipeError, UnsupportedRecipeError
+from sdk.core.recipes import Fp16, Int4Weight, LowRank, Palettize, Prune, Recipe, from_dict, parse, resolve
 
 
 def test_string_forms_round_trip():
@@ -56,3 +60,40 @@ def test_tolerance_defaults_follow_recipe():
     assert plan.tolerance().min_cosine == pytest.approx(0.99)
     assert plan.tolerance(sdk.Tolerance(min_cosine=0.995)).min_cosine == 0.995
     assert resolve(sdk.devices.get("android"), None).tolerance().min_cosine == 0.9999
+
+
+@pytest.mark.parametrize("config", [
+    sdk.Int8Static(per_channel=False), sdk.Distill(steps=10, lr=0.1), Int4Weight(group_size=64),
+    LowRank(energy=0.9, scope={"fc": None, "conv": LowRank(ratio=0.25)}),
+    Prune(sparsity=0.5, structured=False, importance="l1")])
+def test_dict_form_is_lossless(config):
+    data = json.loads(json.dumps(config.to_dict()))  # what a manifest stores
+    assert from_dict(data) == config
+
+
+def test_dict_form_refuses_unknown_keys_names_and_versions():
+    good = sdk.Int8Static().to_dict()
+    for bad, match in (({**good, "per_chanel": False}, "no field 'per_chanel'"),
+                       ({**good, "config": "int9"}, "unknown config"), ({**good, "version": 99}, "version 99"),
+                       ({"per_channel": True}, "'config' key")):
+        with pytest.raises(RecipeError, match=match):
+            from_dict(bad)
+
+
+def test_manifest_reads_back_the_exact_recipe(tmp_path):
+    plan = Recipe((sdk.Distill(steps=10, lr=0.1), sdk.Int8Static(per_channel=False)))
+    x = np.ones((1, 2), np.float32)
+    with BundleWriter(tmp_path, "b") as writer:
+        (writer.staging / "m.bin").write_bytes(b"0")
+        writer.write_manifest(device="d", fmt="onnx", runtime="onnxruntime", model_file="m.bin", inputs=[x],
+                              outputs=[x], recipe=plan)
+        path = writer.commit()
+    art = load_artifact(path)
+    assert art.recipe == plan
+    assert art.manifest["recipe"] == ["distill:10", "int8"]  # the short form drops lr and per_channel
+
+
+def test_configs_carry_their_facts():
+    assert [(c.quantizes, c.activations, c.peak_key) for c in parse("fp16, int8, int8-dynamic, int4")] == [
+        (False, "float", "fp16"), (True, "int8-static", "int8"), (True, "int8-dynamic", "int8"),
+        (True, "float", "int8")]

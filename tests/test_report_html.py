@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import sdk
-from sdk.errors import UnknownDeviceError
+from sdk.core.errors import UnknownDeviceError
 from sdk.summary import DeviceOutcome, compact_lines, write_summary
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import sdk
-from sdk.recipes import Prune
+from sdk.core.recipes import Prune
 from tests.masked_encoder import encoder, sentences
 
 DATA = sentences(40, seed=1)

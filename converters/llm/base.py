@@ -10,8 +10,8 @@ from torch import nn
 
 from converters.llm.static_cache import DecoderShape
 from sdk.devices import DeviceProfile
-from sdk.errors import UnsupportedError
-from sdk.recipes import Config, Int4Weight
+from sdk.core.errors import UnsupportedError
+from sdk.core.recipes import Config, Int4Weight
 
 __all__ = ["LlmConversion", "LlmJob", "group_size", "require_llama"]
 

@@ -14,7 +14,7 @@ import torch
 
 from converters.llm.base import LlmConversion, LlmJob, group_size
 from converters.llm.static_cache import BufferCacheDecoder
-from sdk.errors import ConversionError
+from sdk.core.errors import ConversionError
 
 MODEL_FILE = "model.mlpackage"
 STATES = ("k_cache", "v_cache")

@@ -15,7 +15,7 @@ import logging
 import torch
 
 from converters.llm.base import LlmConversion, LlmJob, group_size
-from sdk.errors import ConversionError
+from sdk.core.errors import ConversionError
 
 MODEL_FILE = "model.pte"
 _TOP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight"}

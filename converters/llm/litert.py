@@ -10,7 +10,7 @@ handling, so the SDK refuses instead of writing a bundle that the LiteRT LLM run
 from __future__ import annotations
 
 from converters.llm.base import LlmConversion, LlmJob
-from sdk.errors import UnsupportedError
+from sdk.core.errors import UnsupportedError
 
 
 def convert(job: LlmJob) -> LlmConversion:

@@ -13,7 +13,7 @@ import torch
 
 from converters.llm.base import LlmConversion, LlmJob, group_size
 from converters.llm.static_cache import StaticCacheDecoder
-from sdk.errors import ConversionError
+from sdk.core.errors import ConversionError
 
 MODEL_FILE = "model.onnx"
 OPSET = 21
@@ -59,5 +59,6 @@ def convert(job: LlmJob) -> LlmConversion:
     return LlmConversion(MODEL_FILE, f"torch.onnx.export (dynamo) + onnxruntime {onnxruntime.__version__} "
                                      "MatMulNBitsQuantizer",
                          {"weights": f"int4 symmetric, block {group} (MatMulNBits, RTN)", "matmuls_int4": n,
-                          "matmuls_float_activation_x_activation": left, "activations": "fp32 (int8 dot products in the CPU kernel)",
+                          "matmuls_float_activation_x_activation": left,
+                          "activations": "fp32 (int8 dot products in the CPU kernel)",
                           "embedding": "fp32", "calibration": "not used (round-to-nearest weights)"})

@@ -12,7 +12,7 @@ import torch
 
 from converters.llm.base import LlmConversion, LlmJob, group_size
 from converters.llm.static_cache import StaticCacheDecoder
-from sdk.errors import ConversionError
+from sdk.core.errors import ConversionError
 
 MODEL_FILE = "model.xml"
 STATES = {"k_cache": "k_cache_out", "v_cache": "v_cache_out"}

@@ -1,6 +1,6 @@
 """Compression passes: torch model in, smaller torch model out, with a measured report.
 
-Each pass is a frozen config from `sdk.recipes` (Prune, LowRank, DepthwiseSeparable, Distill) paired
+Each pass is a frozen config from `sdk.core.recipes` (Prune, LowRank, DepthwiseSeparable, Distill) paired
 with a transform registered for that config type, as torchao pairs its configs with handlers.
 `apply` runs a recipe's passes in order on a deep copy and reports, per pass and per layer,
 parameters, MACs and approximation error, and the whole model's parity with the original.
@@ -16,8 +16,8 @@ from torch import nn
 
 from converters.passes.data import HOLDOUT, Calibration, as_batches, split
 from converters.passes.metrics import count_params, macs_by_module, parity, run_batches
-from sdk.errors import InternalError, InvalidInputsError, RecipeError
-from sdk.recipes import Config, ConfigLike, Distill, parse
+from sdk.core.errors import InternalError, InvalidInputsError, RecipeError
+from sdk.core.recipes import Config, ConfigLike, Distill, parse
 
 __all__ = ["PassContext", "PassFn", "register_pass", "known_passes", "apply"]
 
@@ -50,7 +50,8 @@ def register_pass(config_type: type[Config]) -> Callable[[PassFn], PassFn]:
     """Decorator: register `fn` as the transform for `config_type`. A second registration is refused."""
     def decorator(fn: PassFn) -> PassFn:
         if config_type in _PASSES:
-            raise InternalError(f"a pass for {config_type.__name__} is already registered ({_PASSES[config_type].__qualname__})")
+            raise InternalError(f"a pass for {config_type.__name__} is already registered "
+                                f"({_PASSES[config_type].__qualname__})")
         _PASSES[config_type] = fn
         return fn
     return decorator
@@ -82,10 +83,12 @@ def apply(model: nn.Module, configs: ConfigLike | Iterable[ConfigLike], *, examp
     handlers = [_handler(config) for config in configs]
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
-        raise InvalidInputsError("example_inputs must be a tensor or a tuple of tensors (the model's positional inputs)")
+        raise InvalidInputsError("example_inputs must be a tensor or a tuple of tensors "
+                                 "(the model's positional inputs)")
     batches = as_batches(calibration, len(inputs))
     if not batches and any(isinstance(c, Distill) for c in configs):
-        raise InvalidInputsError("distill trains on unlabeled inputs: pass calibration=<a list or DataLoader of input batches>")
+        raise InvalidInputsError("distill trains on unlabeled inputs: "
+                                 "pass calibration=<a list or DataLoader of input batches>")
     ctx = PassContext(inputs, model, split(batches) if batches else None)
     student = copy.deepcopy(model).eval()
     report: dict[str, Any] = {"passes": []}

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from sdk.errors import InvalidInputsError
+from sdk.core.errors import InvalidInputsError
 
 __all__ = ["HOLDOUT", "Calibration", "as_batches", "split"]
 
@@ -21,7 +21,8 @@ HOLDOUT = 0.2
 
 @dataclass(frozen=True)
 class Calibration:
-    """Stacked calibration inputs: `train` for distillation, `heldout` for parity; `batch_size` of the user's batches."""
+    """Stacked calibration inputs: `train` for distillation, `heldout` for parity; `batch_size` of the user's
+    batches."""
 
     train: tuple[torch.Tensor, ...]
     heldout: tuple[torch.Tensor, ...]
@@ -34,7 +35,8 @@ def as_batches(calibration: Iterable[Any] | None, n_inputs: int) -> list[tuple[t
         return []
     batches = []
     for i, batch in enumerate(calibration):
-        items = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch) if isinstance(batch, (tuple, list)) else None
+        items = ((batch,) if isinstance(batch, torch.Tensor)
+                 else tuple(batch) if isinstance(batch, (tuple, list)) else None)
         if items is None or len(items) < n_inputs or not all(isinstance(t, torch.Tensor) for t in items[:n_inputs]):
             raise InvalidInputsError(
                 f"calibration batch {i} is {type(batch).__name__}; expected a tensor or a tuple/list whose first "
@@ -50,7 +52,8 @@ def split(batches: Sequence[tuple[torch.Tensor, ...]], holdout: float = HOLDOUT)
     try:
         stacked = tuple(torch.cat(parts) for parts in zip(*batches))
     except RuntimeError as exc:
-        raise InvalidInputsError(f"calibration batches must share every dimension but the first (batch): {exc}") from None
+        raise InvalidInputsError(f"calibration batches must share every dimension but the first (batch): "
+                                 f"{exc}") from None
     total = len(stacked[0])
     if total < 2:
         raise InvalidInputsError(f"distillation needs at least 2 calibration samples, got {total}")

@@ -16,7 +16,7 @@ from torch import nn
 from converters.passes import PassContext, register_pass
 from converters.passes.metrics import count_params, layer_row, relative_error
 from converters.passes.scope import substitutable
-from sdk.recipes import DepthwiseSeparable
+from sdk.core.recipes import DepthwiseSeparable
 
 __all__ = ["separate", "effective_weight"]
 

@@ -26,7 +26,7 @@ from converters.passes import PassContext, register_pass
 from converters.passes.data import Calibration
 from converters.passes.metrics import flatten_outputs, run_batches
 from converters.passes.scope import WEIGHT_LAYERS
-from sdk.recipes import Distill
+from sdk.core.recipes import Distill
 
 __all__ = ["train", "recalibrate_batchnorm"]
 
@@ -46,7 +46,8 @@ def _progress():
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
-    return Progress(TextColumn("distill"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+    return Progress(TextColumn("distill"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
                     TimeRemainingColumn(), console=console, transient=True, disable=not sys.stderr.isatty())
 
 
@@ -115,4 +116,5 @@ def distill(model: nn.Module, config: Distill, ctx: PassContext) -> tuple[nn.Mod
     assert ctx.calibration is not None  # apply() refuses Distill without calibration
     before = ctx.parity(model)
     details = train(model, ctx.teacher, config, ctx.calibration)
-    return model, {"steps": config.steps, "lr": config.lr, **details, "parity_before": before, "parity_after": ctx.parity(model)}
+    return model, {"steps": config.steps, "lr": config.lr, **details, "parity_before": before,
+                   "parity_after": ctx.parity(model)}

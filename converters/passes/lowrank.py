@@ -17,7 +17,7 @@ from torch import nn
 from converters.passes import PassContext, register_pass
 from converters.passes.metrics import count_params, layer_row, relative_error
 from converters.passes.scope import substitutable
-from sdk.recipes import LowRank
+from sdk.core.recipes import LowRank
 
 __all__ = ["rank_for", "factorize"]
 
@@ -51,7 +51,8 @@ def factorize(layer: nn.Linear | nn.Conv2d, rank: int, svd: SVD | None = None) -
     first_w, second_w = root[:, None] * vh[:rank], u[:, :rank] * root
     has_bias = layer.bias is not None
     if isinstance(layer, nn.Linear):
-        first, second = nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features, bias=has_bias)
+        first = nn.Linear(layer.in_features, rank, bias=False)
+        second = nn.Linear(rank, layer.out_features, bias=has_bias)
     else:
         first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                           bias=False, padding_mode=layer.padding_mode)
@@ -83,7 +84,7 @@ def lowrank(model: nn.Module, config: LowRank, ctx: PassContext) -> tuple[nn.Mod
             skipped.append({"name": name, "reason": f"rank {rank} of {len(svd[1])} would not lower its MACs"})
             continue
         factors = factorize(layer, rank, svd)
-        rows.append(layer_row(name, layer, count_params(layer), factors,
-                              relative_error(layer.weight, effective_weight(factors)), rank=rank, full_rank=len(svd[1])))
+        error = relative_error(layer.weight, effective_weight(factors))
+        rows.append(layer_row(name, layer, count_params(layer), factors, error, rank=rank, full_rank=len(svd[1])))
         model.set_submodule(name, factors)
     return model, {"layers": rows, "skipped": skipped}

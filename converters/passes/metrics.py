@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from sdk.parity import output_metrics
+from sdk.core.parity import output_metrics
 
 __all__ = ["count_params", "count_nonzero", "count_macs", "macs_by_module", "flatten_outputs", "run_batches", "parity",
            "eval_mode", "op_by_op", "layer_row", "relative_error"]

@@ -26,8 +26,8 @@ from torch.nn.utils import prune as torch_prune
 from converters.passes import PassContext, register_pass
 from converters.passes.metrics import count_nonzero, count_params, eval_mode, flatten_outputs, layer_row, relative_error
 from converters.passes.scope import WEIGHT_LAYERS, plan
-from sdk.errors import InternalError
-from sdk.recipes import Prune
+from sdk.core.errors import InternalError
+from sdk.core.recipes import Prune
 
 __all__ = ["output_layers"]
 
@@ -98,7 +98,8 @@ def _structured(model: nn.Module, config: Prune, layers: dict[str, Prune | None]
         layer = model.get_submodule(name)
         pruned = _weight(layer).detach()
         if pruned.shape != weight.shape:  # error = norm of the removed weights, relative to the whole
-            kept = float(torch.linalg.vector_norm(pruned.double()) / torch.linalg.vector_norm(weight.double()).clamp_min(1e-30))
+            norm = torch.linalg.vector_norm
+            kept = float(norm(pruned.double()) / norm(weight.double()).clamp_min(1e-30))
             rows.append(layer_row(name, layer, params, layer, max(0.0, 1.0 - kept ** 2) ** 0.5,
                                   weight_shape_before=list(weight.shape), weight_shape_after=list(pruned.shape)))
     return model, {"layers": rows, "kept_whole": keep_names,

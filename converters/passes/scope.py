@@ -22,15 +22,16 @@ import torch
 from torch import nn
 
 from converters.passes.metrics import op_by_op
-from sdk.errors import RecipeError, closest
-from sdk.recipes import Config
+from sdk.core.errors import RecipeError, closest
+from sdk.core.recipes import Config
 
 __all__ = ["WEIGHT_LAYERS", "called_layers", "resolve", "plan", "fused_parent", "substitutable"]
 
 #: Layer types that hold the weights passes act on, and whose order defines "first" and "last".
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 #: torch modules that read their children's weights directly (fused fast paths), so a child cannot be swapped.
-FUSED_PARENTS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+FUSED_PARENTS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention, nn.TransformerEncoderLayer,
+                                              nn.TransformerDecoderLayer)
 
 
 def called_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[str]:
@@ -76,7 +77,8 @@ def plan(model: nn.Module, config: Config, example_inputs: Sequence[torch.Tensor
     order = called_layers(model, example_inputs)
     protected = frozenset(order[:1] + order[-1:])
     modules = dict(model.named_modules())
-    return {name: resolve(config, name, modules[name], protected) for name in order if isinstance(modules[name], accept)}
+    return {name: resolve(config, name, modules[name], protected) for name in order
+            if isinstance(modules[name], accept)}
 
 
 def _check_keys(model: nn.Module, config: Config) -> None:

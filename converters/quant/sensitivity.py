@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from sdk.recipes import Config, Fp16, Int4Weight, Int8Dynamic, Int8Static, Palettize
+from sdk.core.recipes import Config, Fp16, Int4Weight, Int8Dynamic, Int8Static, Palettize
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -120,7 +120,9 @@ class _Simulator:
         elif self.dynamic:
             x = _fake_quant_activation(x, float(x.min()), float(x.max()))
         w = self.qweights[name]
-        return m._conv_forward(x, w, m.bias) if isinstance(m, (nn.Conv1d, nn.Conv2d)) else nn.functional.linear(x, w, m.bias)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            return m._conv_forward(x, w, m.bias)
+        return nn.functional.linear(x, w, m.bias)
 
     def hook(self, name: str, record: list | None = None):
         """A forward hook replacing the layer's output by its quantized one (recording both if asked)."""

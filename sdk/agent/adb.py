@@ -23,9 +23,9 @@ import numpy as np
 
 from sdk.agent.power import AndroidBatteryProbe, ProbeError, energy_report
 from sdk.agent.spec import RunSpec
-from sdk.artifact import load_artifact
-from sdk.errors import DeviceError
-from sdk.parity import compare
+from sdk.core.bundle import load_artifact
+from sdk.core.errors import DeviceError
+from sdk.core.parity import compare
 
 __all__ = ["Adb", "AdbError", "Phone", "devices", "parse_executor_runner", "run_on_phone"]
 

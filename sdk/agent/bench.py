@@ -29,9 +29,9 @@ import backends
 from sdk.agent import conditions, power
 from sdk.agent.spec import RunSpec
 from sdk.agent.stats import latency_stats, median_ci
-from sdk.artifact import load_artifact
-from sdk.errors import AgentError
-from sdk.parity import compare
+from sdk.core.bundle import load_artifact
+from sdk.core.errors import AgentError
+from sdk.core.parity import compare
 
 __all__ = ["DEFAULT_TOLERANCE", "BenchmarkFailed", "latency_stats", "measure_energy", "run", "run_isolated",
            "soak_check"]

@@ -1,4 +1,4 @@
-"""Talk to an agent over HTTP (httpx). Every failure is an sdk.errors.AgentError with the HTTP status when
+"""Talk to an agent over HTTP (httpx). Every failure is an sdk.core.errors.AgentError with the HTTP status when
 there is one; the httpx exception stays attached as its cause."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sdk.agent.generate import GenerationResult
 from sdk.agent.local import as_zip
 from sdk.agent.result import BenchmarkResult
 from sdk.agent.spec import RunSpec
-from sdk.errors import AgentError
+from sdk.core.errors import AgentError
 
 __all__ = ["DEFAULT_WAIT_S", "TOKEN_ENV", "Client"]
 
@@ -89,7 +89,7 @@ class Client:
 
     def submit(self, bundle: Any, spec: RunSpec | None = None, *, idempotency_key: str | None = None,
                **fields: Any) -> str:
-        """Upload a bundle (folder, .zip or sdk.artifact.Artifact) with `RunSpec.of(spec, **fields)`; returns the
+        """Upload a bundle (folder, .zip or sdk.core.bundle.Artifact) with `RunSpec.of(spec, **fields)`; returns the
         job id. The POST carries an Idempotency-Key (a fresh one unless given) and is retried with the same key
         when the connection fails, so a retry never makes a second job."""
         run = RunSpec.of(spec, **fields)

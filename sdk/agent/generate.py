@@ -19,8 +19,8 @@ import numpy as np
 import backends.llm
 from backends.llm import Decoder
 from sdk.agent import bench, power
-from sdk.artifact import load_artifact
-from sdk.errors import RuntimeUnavailableError, UserInputError
+from sdk.core.bundle import load_artifact
+from sdk.core.errors import RuntimeUnavailableError, UserInputError
 
 __all__ = [
     "GenerationResult",

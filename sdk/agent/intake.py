@@ -23,8 +23,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 import backends
-from sdk.artifact import MANIFEST, REPORT, load_artifact
-from sdk.errors import BundleError
+from sdk.core.bundle import MANIFEST, REPORT, load_artifact
+from sdk.core.errors import BundleError
+from sdk.core.errors import IntakeError
 
 __all__ = ["IntakeError", "check_bundle", "check_manifest", "content_problem", "unpack"]
 
@@ -41,14 +42,6 @@ MAX_COMPONENT_BYTES = 255
 MAX_NAME_BYTES = 1024
 #: what reading a damaged zip entry can raise: a bad CRC, a bit-flipped deflate stream, a truncated file...
 ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, RuntimeError, EOFError, NotImplementedError, ValueError)
-
-
-class IntakeError(Exception):
-    """An upload the agent refuses; `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str):
-        self.status = status
-        super().__init__(message)
 
 
 def _safe_name(name: str) -> PurePosixPath:

@@ -15,8 +15,8 @@ from sdk.agent.generate import GenerationResult, LlmBenchmark, generate
 from sdk.agent.generate import benchmark as llm_benchmark
 from sdk.agent.result import BenchmarkResult
 from sdk.agent.spec import RunSpec
-from sdk.artifact import Artifact, load_artifact
-from sdk.errors import UserInputError
+from sdk.core.bundle import Artifact, load_artifact
+from sdk.core.errors import UserInputError
 
 __all__ = ["LocalAgent", "as_folder", "as_zip"]
 

@@ -28,7 +28,7 @@ class Agent(Protocol):
         `power` probes; plain JSON.
     benchmark(bundle, spec=None, **fields): run a bundle (a folder, a .zip or an sdk Artifact) as
         `RunSpec.of(spec, **fields)` says and return its BenchmarkResult (`ran=False` with `reason` when the
-        runtime is missing there). A crash, timeout or cancellation raises sdk.errors.AgentError with the reason.
+        runtime is missing there). A crash, timeout or cancellation raises sdk.core.errors.AgentError with the reason.
     """
 
     url: str

@@ -46,7 +46,7 @@ from sdk.agent.adb import Phone
 from sdk.agent.device import describe
 from sdk.agent.spec import RunSpec, SpecError
 from sdk.agent.store import FINISHED, STATUSES, JobStore
-from sdk.errors import DeviceError, UserInputError
+from sdk.core.errors import DeviceError, UserInputError
 from sdk.version import __version__
 
 __all__ = ["DEFAULT_MAX_UPLOAD_MB", "MIN_TOKEN_CHARS", "Limits", "create_app", "scrub", "serve"]

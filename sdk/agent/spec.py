@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdk.errors import UserInputError
+from sdk.core.errors import UserInputError
 
 __all__ = ["TOLERANCE_KEYS", "RunSpec", "SpecError"]
 

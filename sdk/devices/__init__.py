@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 from sdk.devices.profile import DeviceProfile
-from sdk.errors import ProfileError, UnknownDeviceError
+from sdk.core.errors import ProfileError, UnknownDeviceError
 
 __all__ = ["DeviceProfile", "get", "list", "register", "unregister"]
 

@@ -17,9 +17,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from sdk.errors import ProfileError, closest
+from sdk.core import formats
+from sdk.core.errors import ProfileError, closest
 
-FORMATS = ("executorch", "coreml", "openvino", "onnx", "litert")
 TRANSPORTS = ("native", "adb")
 
 
@@ -50,8 +50,13 @@ class DeviceProfile:
 
     def __post_init__(self) -> None:
         where = f"device profile {self.id!r}"
-        if self.format not in FORMATS:
-            raise ProfileError(f"{where}: format {self.format!r} is not one of {', '.join(FORMATS)}")
+        known = formats.known()
+        if self.format not in known:
+            hint = closest(self.format, known)
+            did_you_mean = f" Did you mean {hint!r}?" if hint else ""
+            raise ProfileError(f"{where}: no converter is registered for format {self.format!r}.{did_you_mean} "
+                               f"Formats with a converter: {', '.join(known)} (a plug-in adds one through the "
+                               f"{formats.ENTRY_POINT_GROUP!r} entry point group)")
         if self.agent_transport not in TRANSPORTS:
             raise ProfileError(f"{where}: agent_transport must be one of {TRANSPORTS}, got {self.agent_transport!r}")
         if not self.precisions:
@@ -83,7 +88,8 @@ class DeviceProfile:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, Mapping) else value
+            out[f.name] = (list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, Mapping)
+                           else value)
         return out
 
     @classmethod

@@ -7,7 +7,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdk.errors import UserInputError
+from sdk.core.errors import UserInputError
 
 farm_app = typer.Typer(help="A device farm on Ray: attach devices on lab hosts, list them.", no_args_is_help=True)
 console = Console()

@@ -14,7 +14,7 @@ from typing import Any
 
 from sdk.agent.result import BenchmarkResult
 from sdk.agent.spec import RunSpec
-from sdk.errors import UserInputError
+from sdk.core.errors import UserInputError
 
 __all__ = ["AdbConnection", "AgentConnection", "Connection", "DeviceWorker", "LocalConnection",
            "check_spec"]

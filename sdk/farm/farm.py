@@ -20,7 +20,7 @@ from typing import Any
 
 from sdk.agent.local import as_zip
 from sdk.agent.result import BenchmarkResult
-from sdk.errors import AgentError, SdkError, UserInputError
+from sdk.core.errors import AgentError, SdkError, UserInputError
 from sdk.farm.device import DeviceWorker, LocalConnection, check_spec
 from sdk.farm.store import DEFAULT_STORE, JobRecord
 from sdk.farm.tracker import DeviceRow, NoDeviceError, Tracker

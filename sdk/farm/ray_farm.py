@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sdk import devices
-from sdk.errors import AgentError, UserInputError
+from sdk.core.errors import AgentError, UserInputError
 from sdk.farm.device import Connection, DeviceWorker
 from sdk.farm.farm import Farm
 from sdk.farm.store import DEFAULT_STORE

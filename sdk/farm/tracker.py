@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sdk.errors import DeviceError
+from sdk.core.errors import DeviceError
 from sdk.farm.store import ResultStore
 
 __all__ = ["DeviceRow", "NoDeviceError", "Tracker"]

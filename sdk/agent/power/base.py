@@ -10,14 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from sdk.core.errors import ProbeError
+
 __all__ = ["Clock", "CounterProbe", "Probe", "ProbeError", "Reading", "SampledProbe", "energy_report"]
 
 #: seconds from an arbitrary origin; `time.perf_counter` in production, a hand-moved clock in tests
 Clock = Callable[[], float]
-
-
-class ProbeError(RuntimeError):
-    """A probe that worked at detection failed while measuring (sensor gone, process died)."""
 
 
 @dataclass(frozen=True)

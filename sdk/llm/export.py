@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from converters.llm.base import LlmConversion, LlmJob
-from converters.llm.quality import measure_quality
+from sdk.llm.quality import measure_quality
 from converters.llm.static_cache import DecoderShape, decoder_shape
 from sdk import recipes
-from sdk.artifact import Artifact, BundleWriter, load_artifact
+from sdk.core.bundle import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
-from sdk.errors import (
+from sdk.core.errors import (
     ConversionError,
     InvalidInputsError,
     ParityError,

@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from sdk.errors import BundleError, OutputDirError
+from sdk.core.errors import BundleError, OutputDirError, RecipeError
+from sdk.core.recipes import Config, Recipe, parse
 from sdk.version import SCHEMA_VERSION, __version__
 
 __all__ = ["Artifact", "load_artifact", "BundleWriter", "sha256_file", "REQUIRED_KEYS"]
@@ -89,6 +90,17 @@ class Artifact:
         reference = self.manifest.get("reference", REFERENCE)
         return sum(f["bytes"] for f in self.manifest["files"] if f["path"] != reference)
 
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe the bundle was exported with, exactly (from the manifest's lossless `recipe_configs`)."""
+        if "recipe_configs" not in self.manifest:
+            raise BundleError(f"bundle {self.path}: the manifest has no recipe_configs (written by an older SDK); "
+                              f"only its display strings are known: {', '.join(self.manifest['recipe'])}")
+        try:
+            return Recipe.from_dicts(self.manifest["recipe_configs"])
+        except RecipeError as exc:
+            raise BundleError(f"bundle {self.path}: manifest recipe_configs cannot be read: {exc}") from exc
+
     def reference(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The sample inputs and the fp32 outputs they gave, in manifest order."""
         with np.load(self.path / self.manifest.get("reference", REFERENCE), allow_pickle=False) as data:
@@ -120,15 +132,16 @@ def load_artifact(path: str | Path) -> Artifact:
     """Open a bundle folder, checking the manifest has every required key.
 
     >>> import sdk
-    >>> sdk.load_artifact("/nonexistent")
+    >>> sdk.load_artifact("/nonexistent")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    sdk.errors.BundleError: /nonexistent is not an artifact bundle: no manifest.json (export one with sdk.export or `edge-sdk export`)
+    sdk.core.errors.BundleError: /nonexistent is not an artifact bundle: no manifest.json (export one with ...)
     """
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise BundleError(f"{path} is not an artifact bundle: no {MANIFEST} (export one with sdk.export or `edge-sdk export`)")
+        raise BundleError(f"{path} is not an artifact bundle: no {MANIFEST} "
+                          "(export one with sdk.export or `edge-sdk export`)")
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
@@ -170,9 +183,15 @@ class BundleWriter:
         np.savez(self.staging / REFERENCE, **arrays)
 
     def write_manifest(self, *, device: str, fmt: str, runtime: str, model_file: str,
-                       inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], recipe: list[str],
-                       runtime_options: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict:
-        """Write manifest.json listing every file staged so far (call after the model and reference)."""
+                       inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
+                       recipe: Recipe | Sequence[str | Config], runtime_options: Mapping[str, Any] | None = None,
+                       extra: Mapping[str, Any] | None = None) -> dict:
+        """Write manifest.json listing every file staged so far (call after the model and reference).
+
+        The recipe goes in twice: `recipe` (short strings, for display) and `recipe_configs` (the
+        lossless dicts `Artifact.recipe` reads back).
+        """
+        recipe = recipe if isinstance(recipe, Recipe) else Recipe(tuple(parse(list(recipe))))
         if not (self.staging / model_file).exists():
             raise BundleError(f"converter reported model file {model_file!r} but did not write it")
         files = [{"path": p.relative_to(self.staging).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
@@ -188,7 +207,8 @@ class BundleWriter:
             "files": files,
             "inputs": _tensor_specs("in", inputs),
             "outputs": _tensor_specs("out", outputs),
-            "recipe": list(recipe),
+            "recipe": recipe.to_strings(),
+            "recipe_configs": recipe.to_dicts(),
             "reference": REFERENCE,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **dict(extra or {}),

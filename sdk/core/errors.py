@@ -1,8 +1,14 @@
-"""The SDK's exception hierarchy.
+"""The SDK's exception hierarchy (torch-free; the device side raises these too).
 
-One root (`SdkError`) and a few branches a caller can act on: bad user input, a request the
-target cannot do, a failure on the device or agent side, and internal bugs. Every message says
+One root (`SdkError`) and four branches a caller can act on: bad user input (`UserInputError`), a
+request the target cannot do (`UnsupportedError`), a failure on the device or agent side
+(`DeviceError`), and broken invariants, i.e. SDK bugs (`InternalError`). A toolchain's or runtime's
+own exception is translated once, at the boundary, keeping it as `__cause__`. Every message says
 what failed, where (layer/op, device), and what to try.
+
+>>> import sdk.core.errors as e
+>>> [c.__name__ for c in e.SdkError.__subclasses__()]
+['UserInputError', 'UnsupportedError', 'DeviceError', 'InternalError']
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ __all__ = [
     "ProfileError",
     "RecipeError",
     "InvalidInputsError",
+    "InputMismatchError",
+    "RegistryError",
     "OutputDirError",
     "UnsupportedError",
     "UnsupportedRecipeError",
@@ -25,8 +33,11 @@ __all__ = [
     "RuntimeUnavailableError",
     "BundleError",
     "AgentError",
+    "IntakeError",
+    "ProbeError",
     "InternalError",
     "closest",
+    "first_line",
 ]
 
 
@@ -36,6 +47,12 @@ def closest(name: str, known: Iterable[str]) -> str | None:
     if not match:
         return None
     return next(k for k in known if k.lower() == match[0])
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without a trailing period (toolchains write pages)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else ""
 
 
 class SdkError(Exception):
@@ -74,6 +91,14 @@ class InvalidInputsError(UserInputError):
     """`example_inputs` or calibration data do not fit the model."""
 
 
+class InputMismatchError(UserInputError):
+    """Inputs given to a loaded model do not match its declared inputs (count, shape or dtype)."""
+
+
+class RegistryError(UserInputError):
+    """A plug-in registered under a name that is already taken."""
+
+
 class OutputDirError(UserInputError):
     """The output folder cannot be written."""
 
@@ -103,8 +128,9 @@ class ConversionError(UnsupportedError):
         super().__init__(f"{fmt} conversion for device {device!r} failed{where}: {message}.{tail}")
 
 
-class ParityError(SdkError):
-    """The artifact's outputs differ from the fp32 reference beyond the tolerance."""
+class ParityError(UnsupportedError):
+    """The artifact's outputs differ from the fp32 reference beyond the tolerance: the target
+    cannot give this recipe at this accuracy."""
 
     def __init__(self, message: str, parity: dict | None = None):
         self.parity = parity or {}
@@ -131,5 +157,17 @@ class AgentError(DeviceError):
         super().__init__(message)
 
 
+class IntakeError(AgentError):
+    """An upload the agent refuses; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message, status_code=status)
+
+
+class ProbeError(DeviceError, RuntimeError):
+    """A power probe that worked at detection failed while measuring (sensor gone, process died)."""
+
+
 class InternalError(SdkError):
-    """A bug in the SDK: please report it with the traceback."""
+    """A broken invariant, i.e. a bug in the SDK or a plug-in: please report it with the traceback."""

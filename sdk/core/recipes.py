@@ -5,17 +5,24 @@ the manner of torchao's `quantize_(model, Int8WeightOnlyConfig())`. A recipe is 
 them: model-to-model passes first, then at most one precision/quantization config that the
 device's converter applies with the format's own toolchain.
 
->>> from sdk.recipes import parse
+>>> from sdk.core.recipes import parse
 >>> [c.to_string() for c in parse("lowrank:0.5, distill, int8")]
 ['lowrank:0.5', 'distill:300', 'int8']
+
+The string form is for display and the CLI and may drop fields; `to_dict`/`from_dict` are lossless
+and versioned, and are what a bundle's manifest records:
+
+>>> from sdk.core.recipes import Distill, from_dict
+>>> from_dict(Distill(steps=10, lr=0.1).to_dict()) == Distill(steps=10, lr=0.1)
+True
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Mapping, Sequence, Union
 
-from sdk.errors import RecipeError, UnsupportedRecipeError, closest
+from sdk.core.errors import RecipeError, UnsupportedRecipeError, closest
 
 if TYPE_CHECKING:
     from sdk.devices import DeviceProfile
@@ -23,8 +30,15 @@ if TYPE_CHECKING:
 __all__ = [
     "Config", "Fp32", "Fp16", "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize",
     "Prune", "LowRank", "DepthwiseSeparable", "Distill", "Tolerance", "Recipe",
-    "parse", "resolve", "config_names",
+    "parse", "resolve", "config_names", "from_dict", "Activations", "PeakKey", "DICT_VERSION",
 ]
+
+#: How a precision config leaves activations: float, INT8 with calibrated ranges, or INT8 computed per inference.
+Activations = Literal["float", "int8-static", "int8-dynamic"]
+#: Which peak-compute figure of a device profile (`peak_tops.<key>`) bounds a precision config.
+PeakKey = Literal["fp32", "fp16", "int8"]
+#: Version of the dict form `Config.to_dict` writes; `from_dict` refuses any other.
+DICT_VERSION = 1
 
 _REGISTRY: dict[str, type["Config"]] = {}
 
@@ -43,10 +57,17 @@ def config_names() -> list[str]:
 
 @dataclass(frozen=True)
 class Config:
-    """Base of all optimization configs. `kind` is "pass" (torch -> torch) or "precision"."""
+    """Base of all optimization configs. `kind` is "pass" (torch -> torch) or "precision".
+
+    The class facts say what a config does, so no caller compares names: `quantizes` (stores weights
+    in fewer bits), `activations` and `peak_key` (the profile's `peak_tops` figure that bounds it).
+    """
 
     name: ClassVar[str]
     kind: ClassVar[str]
+    quantizes: ClassVar[bool] = False
+    activations: ClassVar[Activations] = "float"
+    peak_key: ClassVar[PeakKey | None] = None
     arg_field: ClassVar[str | None] = None  # the field that "name:arg" sets
     default_min_cosine: ClassVar[float] = 0.9999
 
@@ -54,10 +75,24 @@ class Config:
         if self.arg_field is None:
             return self.name
         value = getattr(self, self.arg_field)
-        return self.name if value is None else f"{self.name}:{value:g}" if isinstance(value, float) else f"{self.name}:{value}"
+        if value is None:
+            return self.name
+        return f"{self.name}:{value:g}" if isinstance(value, float) else f"{self.name}:{value}"
 
     def __str__(self) -> str:
         return self.to_string()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, lossless, with the config's name and the dict version (JSON-ready).
+
+        >>> Int8Static(per_channel=False).to_dict()
+        {'config': 'int8', 'version': 1, 'per_channel': False, 'symmetric_activations': False}
+        """
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if "scope" in fields:
+            fields["scope"] = None if self.scope is None else [
+                [key, None if value is None else value.to_dict()] for key, value in self.scope]
+        return {"config": self.name, "version": DICT_VERSION, **fields}
 
     @classmethod
     def from_arg(cls, arg: str | None) -> "Config":
@@ -87,6 +122,7 @@ class Fp32(Config):
 
     name: ClassVar[str] = "fp32"
     kind: ClassVar[str] = "precision"
+    peak_key: ClassVar[PeakKey | None] = "fp32"
 
 
 @_register
@@ -96,6 +132,7 @@ class Fp16(Config):
 
     name: ClassVar[str] = "fp16"
     kind: ClassVar[str] = "precision"
+    peak_key: ClassVar[PeakKey | None] = "fp16"
     default_min_cosine: ClassVar[float] = 0.999
 
 
@@ -106,6 +143,9 @@ class Int8Static(Config):
 
     name: ClassVar[str] = "int8"
     kind: ClassVar[str] = "precision"
+    quantizes: ClassVar[bool] = True
+    activations: ClassVar[Activations] = "int8-static"
+    peak_key: ClassVar[PeakKey | None] = "int8"
     default_min_cosine: ClassVar[float] = 0.99
     per_channel: bool = True
     symmetric_activations: bool = False
@@ -118,6 +158,9 @@ class Int8Dynamic(Config):
 
     name: ClassVar[str] = "int8-dynamic"
     kind: ClassVar[str] = "precision"
+    quantizes: ClassVar[bool] = True
+    activations: ClassVar[Activations] = "int8-dynamic"
+    peak_key: ClassVar[PeakKey | None] = "int8"
     default_min_cosine: ClassVar[float] = 0.99
 
 
@@ -128,12 +171,15 @@ class Int4Weight(Config):
 
     name: ClassVar[str] = "int4"
     kind: ClassVar[str] = "precision"
+    quantizes: ClassVar[bool] = True
+    peak_key: ClassVar[PeakKey | None] = "int8"
     arg_field: ClassVar[str | None] = "group_size"
     default_min_cosine: ClassVar[float] = 0.97
     group_size: int = 32
 
     def __post_init__(self) -> None:
-        self._check(self.group_size in (16, 32, 64, 128, 256), f"group_size must be 16..256 (power of two), got {self.group_size}")
+        self._check(self.group_size in (16, 32, 64, 128, 256),
+                    f"group_size must be 16..256 (power of two), got {self.group_size}")
 
 
 @_register
@@ -143,6 +189,8 @@ class Palettize(Config):
 
     name: ClassVar[str] = "palettize"
     kind: ClassVar[str] = "precision"
+    quantizes: ClassVar[bool] = True
+    peak_key: ClassVar[PeakKey | None] = "fp16"
     arg_field: ClassVar[str | None] = "nbits"
     default_min_cosine: ClassVar[float] = 0.97
     nbits: int = 4
@@ -223,7 +271,7 @@ class LowRank(Config):
 @_register
 @dataclass(frozen=True)
 class DepthwiseSeparable(Config):
-    """Replace dense k x k convolutions by depthwise k x k (`multiplier` filters per input channel) + pointwise 1 x 1."""
+    """Replace dense k x k convolutions by depthwise k x k (`multiplier` filters per input channel) + pointwise 1x1."""
 
     name: ClassVar[str] = "depthwise"
     kind: ClassVar[str] = "pass"
@@ -298,6 +346,14 @@ class Recipe:
     def to_strings(self) -> list[str]:
         return [c.to_string() for c in self.configs]
 
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """The lossless form a manifest records (`from_dicts` reads it back)."""
+        return [c.to_dict() for c in self.configs]
+
+    @classmethod
+    def from_dicts(cls, items: Iterable[Mapping[str, Any]]) -> "Recipe":
+        return cls(tuple(from_dict(item) for item in items))
+
     def tolerance(self, user: Tolerance | None = None) -> Tolerance:
         """The user's tolerance, else the loosest default of the recipe's configs."""
         if user is not None:
@@ -324,10 +380,42 @@ def parse(recipe: ConfigLike | Iterable[ConfigLike] | None) -> list[Config]:
         if name not in _REGISTRY:
             hint = closest(name, _REGISTRY)
             did_you_mean = f" Did you mean {hint!r}?" if hint else ""
-            raise RecipeError(f"unknown recipe entry {item!r}.{did_you_mean} Valid entries: {', '.join(config_names())} "
-                              "(with an argument where it takes one, e.g. 'prune:0.3', 'lowrank:0.5', 'int4:32', 'palettize:4').")
+            raise RecipeError(f"unknown recipe entry {item!r}.{did_you_mean} Valid entries: "
+                              f"{', '.join(config_names())} (with an argument where it takes one, e.g. 'prune:0.3', "
+                              "'lowrank:0.5', 'int4:32', 'palettize:4').")
         out.append(_REGISTRY[name].from_arg(arg.strip() or None))
     return out
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """The config `Config.to_dict` wrote; unknown names, versions or keys are refused, never dropped.
+
+    >>> from_dict({"config": "int8", "version": 1, "per_channel": False}) == Int8Static(per_channel=False)
+    True
+    >>> from_dict({"config": "int8", "version": 1, "per_chanel": False})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    sdk.core.errors.RecipeError: config 'int8' (Int8Static) has no field 'per_chanel'; its fields: per_channel, ...
+    """
+    if not isinstance(data, Mapping) or "config" not in data:
+        raise RecipeError(f"a config dict needs a 'config' key naming the config, got {data!r}")
+    name = data["config"]
+    if name not in _REGISTRY:
+        raise RecipeError(f"unknown config {name!r} in a config dict; known: {', '.join(config_names())}")
+    version = data.get("version", DICT_VERSION)
+    if version != DICT_VERSION:
+        raise RecipeError(f"config {name!r} dict has version {version!r}; this SDK reads version {DICT_VERSION} "
+                          "(export the bundle again with this SDK)")
+    cls = _REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in data.items() if k not in ("config", "version")}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise RecipeError(f"config {name!r} ({cls.__name__}) has no field {unknown[0]!r}; its fields: "
+                          f"{', '.join(sorted(fields)) or 'none'}")
+    if values.get("scope") is not None:
+        values["scope"] = tuple((key, None if value is None else from_dict(value)) for key, value in values["scope"])
+    return cls(**values)
 
 
 def resolve(profile: "DeviceProfile", recipe: ConfigLike | Sequence[ConfigLike] | None) -> Recipe:
