@@ -72,6 +72,25 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((model(x).argmax(dim=1) == y).float().mean())
 
 
+
+def trained(width: int = 8, epochs: int = 3) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """A quickly trained model and its batch-1 example input (for `edge-sdk optimize samples/digits_cnn.py:trained`)."""
+    x_train, y_train, x_test, _ = load_data()
+    torch.manual_seed(0)
+    return train(build(width), x_train, y_train, epochs=epochs), (x_test[:1],)
+
+
+def calibration(n: int = 32) -> list[tuple[torch.Tensor]]:
+    """`n` unlabeled training images, one per batch (the exported graph has batch 1)."""
+    x_train = load_data()[0]
+    return [(x_train[i:i + 1],) for i in range(n)]
+
+
+def labeled(n: int = 96, batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `n` test images with their labels, as (images, labels) batches."""
+    _, _, x_test, y_test = load_data()
+    return [(x_test[i:i + batch_size], y_test[i:i + batch_size]) for i in range(0, n, batch_size)]
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     x_train, y_train, x_test, y_test = load_data()

@@ -17,7 +17,7 @@ from sdk.version import __version__
 __all__ = [
     "__version__",
     # entry points
-    "export", "compress", "load_artifact",
+    "export", "compress", "load_artifact", "optimize", "Budget",
     # results
     "ExportResult", "Artifact",
     # configs
@@ -31,6 +31,8 @@ _LAZY = {
     "export": ("sdk.pipeline", "export"),
     "ExportResult": ("sdk.pipeline", "ExportResult"),
     "compress": ("sdk.compression", "compress"),
+    "optimize": ("sdk.optimizer", "optimize"),
+    "Budget": ("sdk.optimizer", "Budget"),
     "load_artifact": ("sdk.artifact", "load_artifact"),
     "Artifact": ("sdk.artifact", "Artifact"),
     **{name: ("sdk.recipes", name) for name in (
