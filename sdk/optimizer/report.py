@@ -25,7 +25,7 @@ def table_rows(res: OptimizeResult) -> list[list[str]]:
         speed = res.speedup(c)
         tags = ["best" if c is res.best else "", "pareto" if any(c is p for p in res.pareto) else "",
                 "baseline" if c.trial is None else "", f"run {c.run}" if c.run != res.baseline.run else ""]
-        status = ", ".join(t for t in tags if t) or ("ok" if c.feasible else "; ".join(c.violations))
+        status = ", ".join([*(t for t in tags if t), *c.violations]) or "ok"
         return ["fp32" if c.trial is None else str(c.trial), ", ".join(c.recipe), f"{c.drop.value:+.4f} [{c.drop.low:+.3f}, {c.drop.high:+.3f}]",
                 str(c.latency_p50_ms), f"{c.latency_p90_ms.value:.3f}", f"{speed:.2f}x" if speed else "-",
                 f"{c.size_mb:.3f}", f"{c.memory_mb:.0f}", _text(c.energy_mj), _text(c.delegated), status]
@@ -33,7 +33,10 @@ def table_rows(res: OptimizeResult) -> list[list[str]]:
 
 
 def _text(value: object) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else "n/a" if value is None else str(value)
+    """A number, or "n/a" with the first clause of why (the JSON keeps the whole reason)."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "n/a" if value is None else f"n/a ({str(getattr(value, 'reason', value)).split(':')[0]})"
 
 
 def _plot(res: OptimizeResult, path: Path) -> None:

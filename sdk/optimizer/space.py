@@ -1,6 +1,6 @@
 """The search space of `sdk.optimize`, read from the device profile.
 
-Precisions are exactly those the profile lists and its converter supports (int4 at two group sizes,
+Precisions are exactly those the profile lists and its converter supports (int4 at group sizes 64 and 128, which every converter takes,
 palettize at three bit widths). Passes (prune, lowrank, depthwise) change the network's weights, so
 they are proposed only when the budget allows training: each is followed by `distill:<steps>`; with
 `Budget(distill_steps=0)` or no calibration data the space holds precisions only and `notes` says why.
@@ -18,7 +18,7 @@ __all__ = ["Budget", "SearchSpace", "space_for"]
 # how each precision the profiles list expands into recipe strings
 _PRECISION_CHOICES = {
     "fp32": ["fp32"], "fp16": ["fp16"], "int8": ["int8"], "int8-dynamic": ["int8-dynamic"],
-    "int4": ["int4:32", "int4:128"], "palettize": ["palettize:4", "palettize:6", "palettize:8"],
+    "int4": ["int4:64", "int4:128"], "palettize": ["palettize:4", "palettize:6", "palettize:8"],
 }
 PASS_CHOICES = ["none", "prune:0.3", "prune:0.5", "lowrank:0.5", "lowrank:0.25", "depthwise"]
 
