@@ -24,14 +24,16 @@ def digits():
 
 @pytest.fixture(scope="module")
 def searches(digits, tmp_path_factory):
-    """The same study run twice: 1 trial, then resumed up to 2 (each run also measures the fp32 baseline)."""
+    """The same study run twice: 1 trial, then resumed up to 2 (each run also measures the fp32 baseline). The first
+    trial is half the channels pruned with almost no training, which the eval subset must reject before device time."""
     model, example, calibration, labeled = digits
     out = tmp_path_factory.mktemp("optimize")
     kwargs = {"calibration": calibration, "eval_data": labeled, "metric": "top1", "max_drop": 0.02,
               "objective": "latency", "constraints": CONSTRAINTS, "agent": "local", "study": out / "study.db",
-              "output_dir": out, "subset": 16, "repeats": 2, "iterations": 10}
-    first = sdk.optimize(model, "jetson", example, budget=sdk.Budget(trials=1), **kwargs)
-    resumed = sdk.optimize(model, "jetson", example, budget=sdk.Budget(trials=2), **kwargs)
+              "output_dir": out, "subset": 16, "repeats": 2, "iterations": 10,
+              "first": [("fp32", "prune:0.5"), ("int8", "none")]}
+    first = sdk.optimize(model, "jetson", example, budget=sdk.Budget(trials=1, distill_steps=2), **kwargs)
+    resumed = sdk.optimize(model, "jetson", example, budget=sdk.Budget(trials=2, distill_steps=2), **kwargs)
     return first, resumed
 
 
@@ -57,6 +59,10 @@ def test_front_is_non_dominated_and_best_meets_the_constraints(searches):
 def test_resumed_study_keeps_earlier_trials(searches):
     first, resumed = searches
     assert (first.cost.trials_in_study, resumed.cost.trials_in_study, resumed.cost.trials_this_run) == (1, 2, 1)
+    pruned = first.candidates[0]
+    assert pruned.recipe == ("prune:0.5", "distill:2", "fp32") and pruned.status == "rejected"
+    assert "pruned before device time" in pruned.reason and first.cost.rejected_before_device == 1
+    assert [c.recipe for c in resumed.candidates] == [pruned.recipe, ("int8",)]
     earlier = {c.trial: c.recipe for c in first.candidates}
     assert {c.trial: c.recipe for c in resumed.candidates if c.trial in earlier} == earlier
     assert first.baseline.run in {c.run for c in resumed.candidates} and resumed.baseline.run != first.baseline.run

@@ -249,13 +249,15 @@ def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch
              max_drop: float = 0.01, objective: str = "latency", constraints: Mapping[str, float] | None = None,
              budget: Budget | None = None, agent: Any = "local", study: str | Path | None = None,
              output_dir: str | Path = "out/optimize", subset: int = 32, repeats: int = 3, iterations: int = 50,
-             seed: int = 0, progress: Callable[[Candidate], None] | None = None) -> OptimizeResult:
+             first: Sequence[tuple[str, str]] | None = None, seed: int = 0,
+             progress: Callable[[Candidate], None] | None = None) -> OptimizeResult:
     """Search the device's recipes for the one with the lowest `objective` whose `metric` drops by at most
     `max_drop` (a fraction) from the runtime's plain fp32 export and that meets `constraints`.
 
     `eval_data` holds (inputs..., label) batches for "top1", or inputs alone for "agreement" (with the fp32
     model); `subset` of its samples are tried first. `study` is a SQLite file (default `<output_dir>/study.db`).
-    Each candidate is benchmarked `repeats` times for a latency interval. Example: docs/optimize.md.
+    Each candidate is benchmarked `repeats` times for a latency interval. A new study tries the (precision, pass)
+    pairs in `first` before the sampler's own picks (default: every plain precision). Example: docs/optimize.md.
     """
     import optuna
 
@@ -294,10 +296,12 @@ def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = optuna.create_study(storage=storage, study_name=f"{profile.id}-{metric}-{objective}", sampler=sampler,
                              directions=["minimize", "minimize"], load_if_exists=True)
-    if not st.trials:
-        for precision in space.precisions:  # every plain precision first (fp32 is the baseline, measured anyway)
-            if precision != "fp32":
-                st.enqueue_trial({"precision": precision, "pass": "none"})
+    if not st.trials:  # every plain precision first by default (fp32 is the baseline, measured anyway)
+        for precision, pass_ in first or [(p, "none") for p in space.precisions if p != "fp32"]:
+            if precision not in space.precisions or pass_ not in space.passes:
+                raise UserInputError(f"first: ({precision!r}, {pass_!r}) is not in the search space for {profile.id} "
+                                     f"(precisions: {', '.join(space.precisions)}; passes: {', '.join(space.passes)})")
+            st.enqueue_trial({"precision": precision, "pass": pass_})
     rejected_early = 0
 
     def trial_fn(trial: optuna.Trial) -> tuple[float, float]:
