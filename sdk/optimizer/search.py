@@ -261,6 +261,7 @@ def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch
     """
     import optuna
 
+    import converters
     from sdk.pipeline import export
 
     started = time.perf_counter()
@@ -268,7 +269,6 @@ def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch
     _check(metric, max_drop, objective, constraints)
     budget = budget or Budget()
     profile = devices.get(device)
-    import converters
     calib = list(calibration) if calibration is not None else None
     space = space_for(profile, converters.get(profile.format).supported, budget, calib is not None)
     out = Path(output_dir)
@@ -308,6 +308,18 @@ def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch
         nonlocal rejected_early
         recipe = space.recipe(trial.suggest_categorical("precision", list(space.precisions)),
                               trial.suggest_categorical("pass", list(space.passes)))
+
+        trial.set_user_attr("recipe", recipe)
+        if tuple(recipe) == baseline.recipe:  # the baseline itself: already measured in this run
+            trial.set_constraint("feasible", 0.0)
+            return 0.0, baseline.value(objective)
+        done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        for past in trial.study.get_trials(deepcopy=False, states=done):
+            if past.user_attrs.get("recipe") == recipe:  # proposed again: answer from the study, no new export
+                trial.set_constraint("feasible", (past.constraints or {}).get("feasible", 1.0))
+                if past.state == optuna.trial.TrialState.PRUNED:
+                    raise optuna.TrialPruned(f"already tried in trial {past.number}")
+                return tuple(past.values)
 
         def reject(reason: str) -> None:
             cand = Candidate(trial.number, tuple(recipe), "rejected", reason, run=run_id)
