@@ -13,11 +13,12 @@ import torch
 import converters
 from converters.base import ConversionJob, ConversionResult
 from converters.passes.metrics import count_macs, count_params
-from sdk import devices, quantization, recipes
+from sdk import bundle_fs, explain, hf, preflight, quantization, recipes, report_html
 from sdk.artifact import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
 from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
                         UnsupportedRecipeError)
+from sdk.progress import with_progress
 from sdk.report import build_report
 from sdk.validate import validate_bundle
 
@@ -39,19 +40,25 @@ class ExportResult:
         return (f"ExportResult(device={self.artifact.device!r}, format={self.artifact.format!r}, "
                 f"path='{self.artifact.path}', size={self.artifact.size_bytes} B, parity_passed={parity.get('passed')})")
 
+    def _repr_html_(self) -> str:
+        return report_html.card(self.report, self.artifact.path)
 
-def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: Sequence[torch.Tensor], *,
+
+@with_progress
+def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: Sequence[torch.Tensor] | None = None, *,
            recipe: str | recipes.Config | Sequence[str | recipes.Config] | None = None,
            calibration: Iterable[Any] | None = None, tolerance: recipes.Tolerance | None = None,
            output_dir: str | Path = "out", validate: bool | str = True,
-           eval_data: Iterable[Any] | None = None) -> ExportResult:
+           eval_data: Iterable[Any] | None = None, task: str | None = None) -> ExportResult:
     """Compress, convert and validate `model` for `device`; write the bundle to `<output_dir>/<device-id>/`.
 
     `recipe` is a list of configs or their strings (default: the profile's default recipe);
     `calibration` an iterable of input tuples (a DataLoader works); quantized recipes are checked on
     `eval_data`, else on the last 20% of `calibration`; with a `tolerance`, the most sensitive layers
     are kept in float until it is met. `validate` is True (run the bundle here, where its runtime
-    exists), False (skip; the report says so) or an agent URL.
+    exists), False (skip; the report says so) or an agent URL. A Hugging Face model takes `task=` (see sdk.hf),
+    which builds example_inputs from its config when none are given. `progress=True` shows the stage, the time so
+    far and an estimate on stderr.
 
     >>> import sdk, torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
@@ -60,7 +67,10 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     ('jetson-orin-nano', True)
     """
     started = time.perf_counter()
-    profile = devices.get(device)
+    profile = preflight.check_export(device, recipe=recipe, calibration=calibration, tolerance=tolerance,
+                                     output_dir=output_dir, validate=validate)  # torch-free checks, before the model
+    bundle_fs.clean_stale_partials(output_dir, profile.id)  # left by a killed export
+    model, example_inputs, task_info = hf.prepare(model, example_inputs, task)
     inputs = _check_inputs(model, example_inputs)
     original = copy.deepcopy(model).eval()  # never change the caller's model (mode, weights)
     reference_out = _run_model(original, inputs, check=True)
@@ -112,7 +122,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
             device=profile.id, fmt=profile.format, runtime=profile.runtime, model_file=result.model_file,
             inputs=np_inputs, outputs=np_outputs, recipe=plan.to_strings(),
             runtime_options={**profile.converter, **result.runtime_options},
-            extra={"tolerance": tol.to_dict()})
+            extra={"tolerance": tol.to_dict(), **task_info})
 
         log.info("validating %s", profile.id)
         t0 = time.perf_counter()
@@ -125,13 +135,11 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
                               conversion=result, validation=validation, passes=passes_report, timings=timings)
         parity = report["parity"]
         if parity.get("passed") is False:
-            raise ParityError(
-                f"{profile.id}: the {profile.format} artifact ({', '.join(plan.to_strings())}) does not match the fp32 "
-                f"model on {parity.get('ran_on')}: {'; '.join(parity.get('failures', []))}. No bundle was written. "
-                "Try a gentler recipe (e.g. fp32/fp16, int8 with tolerance= to keep sensitive layers in float) "
-                "or a looser sdk.Tolerance if this error is expected.", parity)
+            raise ParityError(explain.parity_failure(report, user_tolerance=tolerance is not None), parity)
         writer.write_report(report)
+        report_html.write(writer.staging, report, manifest)
         final = writer.commit()
+        bundle_fs.apply_umask(final)
     log.info("bundle written to %s", final)
     return ExportResult(artifact=load_artifact(final), report=report)
 

@@ -95,7 +95,7 @@ def test_phone_benchmark_through_the_isolated_worker(phone, bundle, monkeypatch)
     launcher = bench._Launcher()  # started now, so its processes see this test's FAKE_ADB_ROOT
     monkeypatch.setattr(bench, "_launcher", launcher)
     try:
-        r = bench.run_isolated(bundle, warmup=1, iterations=20, idle_s=0, target=p.to_dict())
+        r = bench.run_isolated(bundle, warmup=1, iterations=20, idle_s=0, phone=p.to_dict())
     finally:
         launcher.close()
     assert r["ran_on"].startswith("executor_runner on Pixel 8") and r["parity"]["passed"]
