@@ -249,7 +249,7 @@ def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch
              max_drop: float = 0.01, objective: str = "latency", constraints: Mapping[str, float] | None = None,
              budget: Budget | None = None, agent: Any = "local", study: str | Path | None = None,
              output_dir: str | Path = "out/optimize", subset: int = 32, repeats: int = 3, iterations: int = 50,
-             first: Sequence[tuple[str, str]] | None = None, seed: int = 0,
+             first: Sequence[tuple[str, str]] | None = None, tolerance: Any = None, seed: int = 0,
              progress: Callable[[Candidate], None] | None = None) -> OptimizeResult:
     """Search the device's recipes for the one with the lowest `objective` whose `metric` drops by at most
     `max_drop` (a fraction) from the runtime's plain fp32 export and that meets `constraints`.
@@ -257,7 +257,10 @@ def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch
     `eval_data` holds (inputs..., label) batches for "top1", or inputs alone for "agreement" (with the fp32
     model); `subset` of its samples are tried first. `study` is a SQLite file (default `<output_dir>/study.db`).
     Each candidate is benchmarked `repeats` times for a latency interval. A new study tries the (precision, pass)
-    pairs in `first` before the sampler's own picks (default: every plain precision). Example: docs/optimize.md.
+    pairs in `first` before the sampler's own picks (default: every plain precision). `tolerance` (an sdk.Tolerance)
+    goes to every export: a quantized candidate then keeps its most sensitive layers in float until it is met; by
+    default each recipe's own parity tolerance applies, and a candidate that misses it is rejected with the reason.
+    Example: docs/optimize.md.
     """
     import optuna
 
@@ -276,7 +279,8 @@ def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch
     run_id = time.strftime("%Y%m%dT%H%M%S")
     data = eval_set(model, eval_data, example_inputs, metric)
     measure = _Measurer(_agent(agent), repeats, iterations)
-    export_args = {"model": model, "device": profile.id, "example_inputs": example_inputs, "calibration": calib}
+    export_args = {"model": model, "device": profile.id, "example_inputs": example_inputs, "calibration": calib,
+                   "tolerance": tolerance}
 
     def build(recipe: Sequence[str], folder: Path) -> Any:
         return export(**export_args, recipe=list(recipe), output_dir=folder)
