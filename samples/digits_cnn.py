@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["DigitsCNN", "build", "load_data", "train", "accuracy"]
+__all__ = ["DigitsCNN", "accuracy", "build", "calibration", "labeled", "load_data", "train", "trained"]
 
 
 class DigitsCNN(nn.Module):
@@ -72,6 +72,32 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     return float((model(x).argmax(dim=1) == y).float().mean())
 
+
+
+def trained(width: int = 8, epochs: int = 3) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """A quickly trained model and its batch-1 example input (for `edge-sdk optimize samples/digits_cnn.py:trained`).
+
+    Trains on one thread: on a busy 2-core machine, two threads on this tiny network are several times slower."""
+    x_train, y_train, x_test, _ = load_data()
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(build(width), x_train, y_train, epochs=epochs), (x_test[:1],)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def calibration(n: int = 32) -> list[tuple[torch.Tensor]]:
+    """`n` unlabeled training images, one per batch (the exported graph has batch 1)."""
+    x_train = load_data()[0]
+    return [(x_train[i:i + 1],) for i in range(n)]
+
+
+def labeled(n: int = 96, batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `n` test images with their labels, as (images, labels) batches."""
+    _, _, x_test, y_test = load_data()
+    return [(x_test[i:i + batch_size], y_test[i:i + batch_size]) for i in range(0, n, batch_size)]
 
 if __name__ == "__main__":
     torch.manual_seed(0)

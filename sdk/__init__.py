@@ -28,7 +28,7 @@ for _old, _module in {"sdk.errors": _errors, "sdk.recipes": _recipes, "sdk.artif
 __all__ = [
     "__version__",
     # entry points
-    "export", "compress", "load_artifact",
+    "export", "compress", "load_artifact", "optimize", "Budget",
     # results
     "ExportResult", "Artifact",
     # configs
@@ -42,6 +42,8 @@ _LAZY = {
     "export": ("sdk.pipeline", "export"),
     "ExportResult": ("sdk.pipeline", "ExportResult"),
     "compress": ("sdk.compression", "compress"),
+    "optimize": ("sdk.optimizer", "optimize"),
+    "Budget": ("sdk.optimizer", "Budget"),
     "load_artifact": ("sdk.core.bundle", "load_artifact"),
     "Artifact": ("sdk.core.bundle", "Artifact"),
     **{name: ("sdk.core.recipes", name) for name in (

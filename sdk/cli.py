@@ -1,4 +1,4 @@
-"""`edge-sdk` command line: devices, export, inspect (and the agent/bench/test commands).
+"""`edge-sdk` command line: devices, export, inspect, optimize (and the agent/bench/test commands).
 
 Errors print one paragraph and exit non-zero; `--debug` shows the traceback.
 """
@@ -464,6 +464,70 @@ def bench_cmd(
         for warning in r.get("warnings") or []:
             console.print(f"[yellow]{bundle}: {warning}[/yellow]")
     if any(r.get("ran") and not r["parity"]["passed"] for r in results):
+        raise typer.Exit(1)
+
+
+def _fraction(text: str, what: str) -> float:
+    """'1%' or '0.01' -> 0.01."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UserInputError(f"{what} must look like 1% or 0.01, got {text!r}") from None
+
+
+@app.command("optimize")
+def optimize_cmd(
+    model: str = typer.Argument(..., help="Model factory: path/to/file.py:build (an nn.Module or (model, inputs))"),
+    device: str = typer.Option(..., "--device", "-d", help="Device id or alias"),
+    eval_data: str = typer.Option(..., "--eval", help="Eval data: file.py:loader ((inputs..., label) batches)"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration data: file.py:loader"),
+    shape: list[str] = typer.Option([], "--shape", help="Input shape like 1x3x224x224 (repeat per input)"),
+    metric: str = typer.Option("top1", "--metric", help="top1 (labeled eval data) or agreement (with the fp32 model)"),
+    max_drop: str = typer.Option("1%", "--max-drop", help="Largest metric drop allowed against the fp32 export"),
+    objective: str = typer.Option("latency", "--objective", help="latency, energy, size or memory"),
+    trials: int = typer.Option(20, "--trials", help="Trials in the study in all (a resumed study counts its own)"),
+    minutes: float = typer.Option(30.0, "--minutes", help="Wall-time budget of this run"),
+    distill_steps: int = typer.Option(0, "--distill-steps", help="Training steps per pass candidate; 0: no passes"),
+    size_mb: Optional[float] = typer.Option(None, "--max-size-mb", help="Constraint: artifact size"),
+    agent: str = typer.Option("local", "--agent", help="'local' or an agent URL"),
+    out: Path = typer.Option(Path("out/optimize"), "--out", "-o", help="Output folder (study.db, report.html)"),
+) -> None:
+    """Search the device's recipes for the fastest one within --max-drop, measured on the agent."""
+    import sdk
+    from sdk.optimizer.report import COLUMNS, table_rows
+
+    net, inputs = _model_and_inputs(model, shape)
+    loaders = [_load_attr(spec, what)[0] if spec else None for spec, what in ((eval_data, "--eval"),
+                                                                            (calibration, "--calibration"))]
+    labeled, calib = (x() if callable(x) else x for x in loaders)
+
+    def progress(c: Any) -> None:
+        if c.status != "measured":
+            console.print(f"trial {c.trial}: {', '.join(c.recipe)}: [yellow]{c.reason}[/yellow]", highlight=False)
+            return
+        unmet = "" if c.feasible else f" ({'; '.join(c.violations)})"
+        console.print(f"trial {c.trial}: {', '.join(c.recipe)}: drop {c.drop.value:+.4f}, p50 {c.latency_p50_ms} ms, "
+                      f"{c.size_mb:.3f} MB{unmet}", highlight=False)
+
+    with _toolchain_output(keep=_state["debug"]):
+        res = sdk.optimize(net, device, inputs, eval_data=labeled, calibration=calib, metric=metric,
+                           max_drop=_fraction(max_drop, "--max-drop"), objective=objective,
+                           constraints={"size_mb": size_mb} if size_mb is not None else None,
+                           budget=sdk.Budget(trials=trials, minutes=minutes, distill_steps=distill_steps),
+                           agent=agent, study=out / "study.db", output_dir=out, progress=progress)
+    cost = res.cost
+    table = Table(title=f"sdk.optimize on {res.space.device}: {cost.minutes} min, {cost.device_s} s on the device")
+    shown = [COLUMNS.index(c) for c in ("trial", "recipe", "drop [95% CI]", "p50 ms [95% CI]", "vs fp32", "size MB",
+                                         "status")]  # the rest (p90, memory, energy, coverage) is in report.html
+    for i in shown:
+        table.add_column(COLUMNS[i])
+    for row in table_rows(res):
+        table.add_row(*(row[i] for i in shown))
+    console.print(table)
+    console.print(f"best: {', '.join(res.best.recipe)}" if res.best else f"[red]no recipe chosen[/red]: {res.why}",
+                  highlight=False)
+    console.print(f"report: {out / 'report.html'}", highlight=False)
+    if res.best is None:
         raise typer.Exit(1)
 
 

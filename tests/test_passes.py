@@ -142,8 +142,11 @@ def test_unstructured_prune_zeroes_the_fraction_asked(table):
 def test_lowrank_keeps_the_rank_asked(table):
     report = table["lowrank:0.5"]["report"]["passes"][0]
     assert {row["name"] for row in report["layers"]} == {"features.3", "features.7"}
+    shapes = {"features.3": (32, 16 * 9), "features.7": (64, 32 * 9)}  # out x (in k k)
     for row in report["layers"]:
-        assert row["rank"] == row["full_rank"] // 2
+        out_dim, in_dim = shapes[row["name"]]
+        assert row["rank"] == math.floor(0.5 * out_dim * in_dim / (out_dim + in_dim))  # keeps half the parameters
+        assert row["params_after"] <= 0.5 * row["params_before"] + out_dim  # (+ the bias)
         assert row["macs_after"] < row["macs_before"] and row["params_after"] < row["params_before"]
     assert {s["name"]: s["reason"] for s in report["skipped"]} == {
         "features.0": "left alone by scope", "classifier": "left alone by scope"}
@@ -192,8 +195,8 @@ def test_lowrank_error_is_the_discarded_spectrum():
     _, report = apply(nn.Sequential(nn.Linear(8, 32), layer, nn.Linear(48, 4)), LowRank(ratio=0.25),
                       example_inputs=(torch.randn(1, 8),))
     row = report["passes"][0]["layers"][0]
-    assert row["rank"] == 8
-    assert row["rel_error"] == pytest.approx(float(torch.sqrt((s[8:] ** 2).sum() / (s ** 2).sum())), abs=1e-5)
+    assert row["rank"] == 4  # floor(0.25 * 32 * 48 / (32 + 48)): a quarter of the parameters
+    assert row["rel_error"] == pytest.approx(float(torch.sqrt((s[4:] ** 2).sum() / (s ** 2).sum())), abs=1e-5)
 
 
 def test_lowrank_energy_keeps_the_spectrum_asked():
@@ -223,9 +226,10 @@ def test_scope_precedence_name_then_type_then_global(trained):
                                        "classifier": LowRank(ratio=0.1)})
     _, report = apply(model, config, example_inputs=(x[:1],))
     ranks = {row["name"]: row["rank"] for row in report["passes"][0]["layers"]}
-    # features.3 by type (32 * 0.25), features.7 by name (64 * 0.75), classifier by name despite the
-    # default that protects it, features.0 (first conv) still protected: a type key does not override that
-    assert ranks == {"features.3": 8, "features.7": 48, "classifier": 1}
+    # rank = floor(ratio * out * in / (out + in)): features.3 by type (0.25, 32 x 144), features.7 by name
+    # (0.75, 64 x 288), classifier by name despite the default that protects it (0.1 of 10 x 64: at least 1),
+    # features.0 (first conv) still protected: a type key does not override that
+    assert ranks == {"features.3": 6, "features.7": 39, "classifier": 1}
 
 
 def test_scope_key_that_matches_nothing_is_an_error(trained):
@@ -307,10 +311,16 @@ ALL_PASSES = {"prune": ["prune:0.3"], "unstructured": [Prune(0.3, structured=Fal
               "depthwise": ["depthwise"], "all": ["depthwise", "lowrank:0.5", "prune:0.3", "distill:10"]}
 
 
-def _check_passes(model: nn.Module, example: tuple[torch.Tensor, ...], calibration: list) -> dict[str, dict]:
+def _check_passes(model: nn.Module, example: tuple[torch.Tensor, ...], calibration: list,
+                  factors_nothing: str | None = None) -> dict[str, dict]:
+    """Run ALL_PASSES; with `factors_nothing`, the recipes with lowrank must fail with that reason."""
     reference = model(*example)
     reports = {}
     for label, recipe in ALL_PASSES.items():
+        if factors_nothing and any("lowrank" in str(c) for c in recipe):
+            with pytest.raises(RecipeError, match=f"lowrank:0.5 factored no layer.*{factors_nothing}"):
+                apply(model, recipe, example_inputs=example, calibration=calibration)
+            continue
         small, report = apply(model, recipe, example_inputs=example, calibration=calibration)
         assert small(*example).shape == reference.shape
         first, last = report["passes"][0], report["passes"][-1]
@@ -333,21 +343,21 @@ def test_transformer_prune_touches_only_the_mlp(small_transformer):
     assert {row["name"] for row in prune["layers"]} == {f"layers.{i}.mlp.{j}" for i in (0, 1) for j in (0, 2)}
     for row in prune["layers"]:
         assert row["params_after"] <= 0.71 * row["params_before"]
-    lowrank = reports["lowrank"]["passes"][0]
-    assert {row["name"] for row in lowrank["layers"]} == {f"layers.{i}.mlp.{j}" for i in (0, 1) for j in (0, 2)}
-    assert all("would not lower its MACs" in s["reason"] for s in lowrank["skipped"] if ".attn." in s["name"])
+    lowrank = reports["lowrank"]["passes"][0]  # a compression ratio: square attention projections are factored too
+    square = {f"layers.{i}.attn.{p}" for i in (0, 1) for p in ("q", "k", "v", "out")}
+    assert {row["name"] for row in lowrank["layers"]} == square | {f"layers.{i}.mlp.{j}" for i in (0, 1) for j in (0, 2)}
+    for row in lowrank["layers"]:
+        assert row["params_after"] <= 0.5 * row["params_before"] + 256  # half the weights (+ the bias)
 
 
 def test_torch_multihead_attention_is_pruned_per_head_and_not_substituted():
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
     model = nn.Sequential(nn.Linear(8, 32), nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Linear(32, 3)).eval()
-    reports = _check_passes(model, (torch.randn(1, 5, 8),), [torch.randn(6, 5, 8) for _ in range(3)])
+    reports = _check_passes(model, (torch.randn(1, 5, 8),), [torch.randn(6, 5, 8) for _ in range(3)],
+                            factors_nothing="its TransformerEncoderLayer parent reads the weight directly")
     pruned = {row["name"] for row in reports["prune"]["passes"][0]["layers"]}
     assert pruned == {f"1.layers.{i}.linear{j}" for i in (0, 1) for j in (1, 2)}
-    skipped = reports["lowrank"]["passes"][0]["skipped"]
-    reasons = {s["reason"] for s in skipped if "linear" in s["name"]}
-    assert reasons == {"its TransformerEncoderLayer parent reads the weight directly"}
 
 
 def test_mobilenet_v2_through_residuals_and_depthwise_groups():

@@ -10,7 +10,8 @@ import sdk
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
-    "__version__", "export", "compress", "load_artifact", "ExportResult", "Artifact", "Tolerance", "Fp32", "Fp16",
+    "__version__", "export", "compress", "load_artifact", "optimize", "Budget", "ExportResult", "Artifact", "Tolerance",
+    "Fp32", "Fp16",
     "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize", "Prune", "LowRank", "DepthwiseSeparable", "Distill",
     "devices", "recipes", "errors", "agent", "farm",
 }

@@ -5,6 +5,11 @@ conv (C -> r, same stride/padding/dilation) then 1 x 1 (r -> N), from the SVD of
 to N x (C k k). Each factor gets sqrt(S) so both are equally scaled. The product is the best rank-r
 approximation (Eckart-Young); a layer is replaced only when r (in + out) < in x out, i.e. when it
 lowers that layer's MACs (and parameters).
+
+`ratio` is a compression ratio, as in AIMET's spatial SVD: the fraction of each layer's parameters
+(and MACs) kept, r = floor(ratio * in * out / (in + out)). A fraction of the *rank* never saves
+anything on a square layer (rank n/2 costs n/2 * 2n = n^2), which is what users did not expect.
+A pass that factors no layer is a RecipeError naming why each candidate was skipped.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from torch import nn
 from converters.passes import PassContext, register_pass
 from converters.passes.metrics import count_params, layer_row, relative_error
 from converters.passes.scope import substitutable
+from sdk.core.errors import RecipeError
 from sdk.core.recipes import LowRank
 
 __all__ = ["rank_for", "factorize"]
@@ -33,11 +39,13 @@ def _svd(layer: nn.Linear | nn.Conv2d) -> SVD:
     return torch.linalg.svd(matrix, full_matrices=False)
 
 
-def rank_for(singular_values: torch.Tensor, config: LowRank) -> int:
-    """`ratio` of full rank (rounded down, at least 1) or the fewest values that keep `energy` of sum(s^2)."""
+def rank_for(singular_values: torch.Tensor, config: LowRank, shape: tuple[int, int]) -> int:
+    """The rank that keeps `ratio` of an (out x in) layer's parameters (rounded down, at least 1, at most full),
+    or the fewest singular values that keep `energy` of sum(s^2)."""
     full = len(singular_values)
     if config.ratio is not None:
-        return max(1, math.floor(config.ratio * full + 1e-9))
+        out_dim, in_dim = shape
+        return min(full, max(1, math.floor(config.ratio * in_dim * out_dim / (in_dim + out_dim) + 1e-9)))
     energy = torch.cumsum(singular_values ** 2, 0) / torch.sum(singular_values ** 2).clamp_min(1e-30)
     return min(full, int(torch.searchsorted(energy, torch.tensor(config.energy - 1e-12, dtype=energy.dtype))) + 1)
 
@@ -79,7 +87,8 @@ def lowrank(model: nn.Module, config: LowRank, ctx: PassContext) -> tuple[nn.Mod
     for name, layer, layer_config in substitutable(model, config, ctx.example_inputs, (nn.Linear, nn.Conv2d),
                                                    _is_candidate, skipped):
         svd = _svd(layer)
-        rank, (out_dim, in_dim) = rank_for(svd[1], layer_config), (svd[0].shape[0], svd[2].shape[1])
+        out_dim, in_dim = svd[0].shape[0], svd[2].shape[1]
+        rank = rank_for(svd[1], layer_config, (out_dim, in_dim))
         if rank * (in_dim + out_dim) >= in_dim * out_dim:
             skipped.append({"name": name, "reason": f"rank {rank} of {len(svd[1])} would not lower its MACs"})
             continue
@@ -87,4 +96,8 @@ def lowrank(model: nn.Module, config: LowRank, ctx: PassContext) -> tuple[nn.Mod
         error = relative_error(layer.weight, effective_weight(factors))
         rows.append(layer_row(name, layer, count_params(layer), factors, error, rank=rank, full_rank=len(svd[1])))
         model.set_submodule(name, factors)
+    if not rows:
+        why = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped) or "the model has no Linear or Conv2d layer"
+        raise RecipeError(f"{config.to_string()} factored no layer, so it would export the model unchanged ({why}). "
+                          "Try a smaller ratio, energy=, or a scope that names the layers to factor.")
     return model, {"layers": rows, "skipped": skipped}

@@ -250,7 +250,8 @@ class Prune(Config):
 @_register
 @dataclass(frozen=True)
 class LowRank(Config):
-    """Factor Linear/Conv2d weights by truncated SVD, keeping `ratio` of full rank or `energy` of the spectrum."""
+    """Factor Linear/Conv2d weights by truncated SVD, keeping `ratio` of each layer's parameters or `energy` of
+    the spectrum."""
 
     name: ClassVar[str] = "lowrank"
     kind: ClassVar[str] = "pass"

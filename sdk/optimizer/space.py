@@ -1,0 +1,85 @@
+"""The search space of `sdk.optimize`, read from the device profile.
+
+Precisions are exactly those the profile lists and its converter supports (int4 at group sizes 64 and 128, which
+every converter takes, palettize at three bit widths). Passes (prune, lowrank, depthwise) change the network's
+weights, so they are proposed only when the budget allows training: each is followed by `distill:<steps>`; with
+`Budget(distill_steps=0)` or no calibration data the space holds precisions only and `notes` says why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdk.devices import DeviceProfile
+from sdk.core.errors import UserInputError
+
+__all__ = ["Budget", "SearchSpace", "space_for"]
+
+# how each precision the profiles list expands into recipe strings
+_PRECISION_CHOICES = {
+    "fp32": ["fp32"], "fp16": ["fp16"], "int8": ["int8"], "int8-dynamic": ["int8-dynamic"],
+    "int4": ["int4:64", "int4:128"], "palettize": ["palettize:4", "palettize:6", "palettize:8"],
+}
+PASS_CHOICES = ["none", "prune:0.3", "prune:0.5", "lowrank:0.5", "lowrank:0.25", "depthwise"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a search may spend: `trials` in all (a resumed study counts its earlier trials), `minutes` of wall
+    time for this run, `distill_steps` per candidate that changes the weights (0: no training, so no passes).
+
+    >>> Budget(trials=8, minutes=5).distill_steps
+    0
+    """
+
+    trials: int = 20
+    minutes: float = 30.0
+    distill_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.trials < 1 or self.minutes <= 0 or self.distill_steps < 0:
+            raise UserInputError(f"Budget needs trials >= 1, minutes > 0 and distill_steps >= 0, got {self}")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Recipe choices for one device; `notes` says what was left out and why."""
+
+    device: str
+    precisions: tuple[str, ...]
+    passes: tuple[str, ...]
+    distill_steps: int
+    notes: tuple[str, ...] = field(default=())
+
+    def recipe(self, precision: str, pass_: str) -> list[str]:
+        """The recipe for one choice: the pass (then distillation) and the precision."""
+        if pass_ == "none":
+            return [precision]
+        return [pass_, f"distill:{self.distill_steps}", precision]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "precisions": list(self.precisions), "passes": list(self.passes),
+                "distill_steps": self.distill_steps, "notes": list(self.notes)}
+
+
+def space_for(profile: DeviceProfile, supported: frozenset[str], budget: Budget, has_calibration: bool) -> SearchSpace:
+    """Every precision the profile lists that its converter takes, plus passes when training is allowed."""
+    notes = []
+    precisions: list[str] = []
+    for name in profile.precisions:
+        if name not in supported:
+            notes.append(f"{name}: listed by {profile.id} but not supported by the {profile.format} converter")
+        elif name == "int8" and not has_calibration:
+            notes.append("int8: needs calibration data (int8-dynamic does not)")
+        else:
+            precisions.extend(_PRECISION_CHOICES.get(name, [name]))
+    if not precisions:
+        raise UserInputError(f"{profile.id}: no precision to search ({'; '.join(notes)})")
+    if budget.distill_steps > 0 and has_calibration:
+        passes = tuple(PASS_CHOICES)
+        notes.append(f"passes proposed, each followed by distill:{budget.distill_steps} (Budget.distill_steps)")
+    else:
+        passes = ("none",)
+        why = "Budget.distill_steps is 0" if budget.distill_steps == 0 else "no calibration data to distill on"
+        notes.append(f"passes (prune, lowrank, depthwise) not proposed: {why}, and they need training to recover")
+    return SearchSpace(profile.id, tuple(precisions), passes, budget.distill_steps, tuple(notes))
