@@ -22,7 +22,7 @@ __all__ = [
     "ExportResult", "Artifact",
     # configs
     "Tolerance", "Fp32", "Fp16", "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize",
-    "Prune", "LowRank", "DepthwiseSeparable", "Distill",
+    "Prune", "LowRank", "DepthwiseSeparable", "Distill", "Drop",
     # submodules
     "devices", "recipes", "errors", "agent", "farm",
 ]
@@ -36,6 +36,7 @@ _LAZY = {
     **{name: ("sdk.recipes", name) for name in (
         "Tolerance", "Fp32", "Fp16", "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize",
         "Prune", "LowRank", "DepthwiseSeparable", "Distill")},
+    "Drop": ("sdk.metrics", "Drop"),
     "devices": ("sdk.devices", None),
     "recipes": ("sdk.recipes", None),
     "errors": ("sdk.errors", None),

@@ -51,7 +51,12 @@ class MetricError(UserInputError):
 
 
 class AccuracyError(ParityError):
-    """The artifact's metric dropped more than `max_drop` (or could not be measured) on the real runtime."""
+    """The artifact's metric dropped more than `max_drop` (or could not be measured) on the real runtime;
+    `accuracy` holds the measured report when there is one."""
+
+    def __init__(self, message: str, accuracy: dict[str, Any] | None = None):
+        super().__init__(message, accuracy)
+        self.accuracy = accuracy or {}
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,19 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 import converters
 from converters.base import ConversionJob, ConversionResult
 from converters.passes.metrics import count_macs, count_params
-from sdk import devices, quantization, recipes
+from sdk import accuracy, devices, quantization, recipes
 from sdk.artifact import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
 from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
                         UnsupportedRecipeError)
+from sdk.metrics import Drop
 from sdk.report import build_report
 from sdk.validate import validate_bundle
 
@@ -44,13 +45,15 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
            recipe: str | recipes.Config | Sequence[str | recipes.Config] | None = None,
            calibration: Iterable[Any] | None = None, tolerance: recipes.Tolerance | None = None,
            output_dir: str | Path = "out", validate: bool | str = True,
-           eval_data: Iterable[Any] | None = None) -> ExportResult:
+           eval_data: Iterable[Any] | None = None, metric: str | Callable[..., float] | None = None,
+           max_drop: float | Drop | None = None) -> ExportResult:
     """Compress, convert and validate `model` for `device`; write the bundle to `<output_dir>/<device-id>/`.
 
     `recipe` is a list of configs or their strings (default: the profile's default recipe);
     `calibration` an iterable of input tuples (a DataLoader works); quantized recipes are checked on
     `eval_data`, else on the last 20% of `calibration`; with a `tolerance`, the most sensitive layers
-    are kept in float until it is met. `validate` is True (run the bundle here, where its runtime
+    are kept in float until it is met. With `metric` (and `max_drop`), the metric is measured on labeled
+    `eval_data` through the artifact's runtime and the fp32 model (sdk/accuracy.py). `validate` is True (run the bundle here, where its runtime
     exists), False (skip; the report says so) or an agent URL.
 
     >>> import sdk, torch
@@ -69,6 +72,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     _check_converter(converter, plan, profile)
     tol = plan.tolerance(tolerance)
     calib = _materialize_calibration(calibration, inputs, "calibration")
+    accuracy_check = accuracy.prepare(eval_data, inputs, metric, max_drop)
+    eval_data = accuracy_check.inputs if accuracy_check else eval_data  # read once: it may be a one-shot iterator
     evaluation = _materialize_calibration(eval_data, inputs, "eval_data")
     quantizing = quantization.is_quantizing(plan.precision)
     if quantizing:  # fail early, before any long pass, if static INT8 has no calibration data
@@ -130,6 +135,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
                 f"model on {parity.get('ran_on')}: {'; '.join(parity.get('failures', []))}. No bundle was written. "
                 "Try a gentler recipe (e.g. fp32/fp16, int8 with tolerance= to keep sensitive layers in float) "
                 "or a looser sdk.Tolerance if this error is expected.", parity)
+        if accuracy_check:
+            report["accuracy"] = accuracy_check.run(writer.staging, manifest, original)
         writer.write_report(report)
         final = writer.commit()
     log.info("bundle written to %s", final)
