@@ -107,3 +107,40 @@ def test_packaged_labeled_data():
     assert not torch.equal(photos[20][0], photos[0][0])  # a crop, not the same photo again
     pairs = sts_pairs()
     assert len(pairs) >= 100 and {round(s) for _, _, s in pairs} == set(range(6))
+
+
+class BagOfWords(torch.nn.Module):
+    """Mean of (random, fixed) word embeddings over the non-padding tokens: a sentence pair's cosine then follows
+    its word overlap, which the STS scores reward."""
+
+    def __init__(self, vocab: int = 512, dim: int = 32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(vocab, dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).float()
+        return (self.embed(ids) * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def _hash_tokenize(sentences: list[str], length: int = 16, vocab: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    import zlib
+
+    ids = torch.zeros(len(sentences), length, dtype=torch.int64)
+    for row, sentence in enumerate(sentences):
+        words = [w.strip(".,").lower() for w in sentence.split()][:length]
+        ids[row, :len(words)] = torch.tensor([1 + zlib.crc32(w.encode()) % (vocab - 1) for w in words])
+    return ids, (ids > 0).to(torch.int64)
+
+
+def test_spearman_on_sentence_pairs_through_the_runtime(tmp_path):
+    from samples.labeled import tokenized_pairs
+
+    pairs = tokenized_pairs(_hash_tokenize)
+    assert tuple(pairs[0][0].shape) == (2, 16) and isinstance(pairs[0][2], float)
+    res = sdk.export(BagOfWords().eval(), "intel-cpu", pairs[0][:2], eval_data=pairs, metric="spearman",
+                     max_drop=0.01, output_dir=tmp_path)
+    acc = res.report["accuracy"]
+    assert acc["n"] == len(pairs) and acc["fp32"]["ci_method"] == "bootstrap"
+    assert acc["fp32"]["value"] > 0.3  # word overlap does rank these pairs
+    assert abs(acc["drop"]["value"]) < 1e-3 and acc["passed"] is True
