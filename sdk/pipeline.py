@@ -52,9 +52,11 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     `recipe` is a list of configs or their strings (default: the profile's default recipe);
     `calibration` an iterable of input tuples (a DataLoader works); quantized recipes are checked on
     `eval_data`, else on the last 20% of `calibration`; with a `tolerance`, the most sensitive layers
-    are kept in float until it is met. With `metric` (and `max_drop`), the metric is measured on labeled
-    `eval_data` through the artifact's runtime and the fp32 model (sdk/accuracy.py). `validate` is True (run the bundle here, where its runtime
-    exists), False (skip; the report says so) or an agent URL.
+    are kept in float until it is met. `validate` is True (run the bundle here, where its runtime
+    exists), False (skip; the report says so) or an agent URL. With `metric`, labeled `eval_data`
+    ((inputs..., label) items) runs through the artifact's runtime here and the fp32 model: the report's
+    "accuracy" has both values and the drop with 95% intervals; a drop beyond `max_drop` (absolute, or
+    sdk.Drop(relative=...)) refuses the export (sdk/accuracy.py).
 
     >>> import sdk, torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
