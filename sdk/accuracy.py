@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 import backends
-from sdk.metrics import AccuracyError, Drop, DropResult, Metric, MetricError, drop, get, summary
+from sdk.metrics import (AccuracyError, Drop, DropResult, Metric, MetricError, MetricResult, drop, evaluate, get,
+                         summary)
 
 __all__ = ["AccuracyCheck", "AccuracyReport", "measure", "prepare"]
 
@@ -37,11 +38,12 @@ class AccuracyReport:
     allowed_drop: float | None
     passed: bool | None
     unavailable: str | None = None
+    fp32: MetricResult | None = None  # measured even where the artifact's runtime cannot run
 
     def to_dict(self) -> dict[str, Any]:
         r = self.result
-        return {"metric": self.metric, "ran_on": self.ran_on, "n": r.candidate.n if r else None,
-                "fp32": r.baseline.to_dict() if r else None, "artifact": r.candidate.to_dict() if r else None,
+        return {"metric": self.metric, "ran_on": self.ran_on, "n": self.fp32.n if self.fp32 else None,
+                "fp32": self.fp32.to_dict() if self.fp32 else None, "artifact": r.candidate.to_dict() if r else None,
                 "drop": {"value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "relative": r.relative} if r
                 else None, "max_drop": self.max_drop, "allowed_drop": self.allowed_drop, "passed": self.passed,
                 "unavailable": self.unavailable}
@@ -110,21 +112,22 @@ def measure(bundle_dir: str | Path, model: torch.nn.Module, eval_data: Iterable[
 def _measure(check: AccuracyCheck, bundle_dir: Path, manifest: Mapping[str, Any],
              model: torch.nn.Module) -> AccuracyReport:
     limit = str(check.max_drop) if check.max_drop else None
+    with torch.no_grad():
+        fp32 = np.stack([_first_tensor(model(*sample)).float().numpy() for sample in check.inputs])
     backend = backends.get(manifest["runtime"])
     reason = backend.unavailable_reason()
     if reason:
         log.warning("%s: %s not measured, the %s runtime cannot run here: %s", manifest["device"], check.metric.name,
                     manifest["runtime"], reason)
         return AccuracyReport(check.metric.name, None, None, limit, None, None,
-                              unavailable=f"the {manifest['runtime']} runtime cannot run on this host: {reason}")
+                              unavailable=f"the {manifest['runtime']} runtime cannot run on this host: {reason}",
+                              fp32=evaluate(check.metric, fp32, check.labels, fp32, "fp32 model"))
     session = backend.load(bundle_dir / manifest["model_file"], manifest)
     artifact = np.stack([session.run([t.numpy() for t in sample])[0] for sample in check.inputs])
-    with torch.no_grad():
-        fp32 = np.stack([_first_tensor(model(*sample)).float().numpy() for sample in check.inputs])
     result = drop(check.metric, fp32, artifact.astype(fp32.dtype, copy=False), check.labels)
     allowed = check.max_drop.allowed(result.baseline.value) if check.max_drop else None
     passed = None if allowed is None else bool(result.value <= allowed)
-    return AccuracyReport(check.metric.name, session.ran_on, result, limit, allowed, passed)
+    return AccuracyReport(check.metric.name, session.ran_on, result, limit, allowed, passed, fp32=result.baseline)
 
 
 def _first_tensor(value: Any) -> torch.Tensor:
