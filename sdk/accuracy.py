@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 import backends
-from sdk.metrics import (AccuracyError, Drop, DropResult, Metric, MetricError, MetricResult, drop, evaluate, get,
-                         summary)
+from sdk.metrics import AccuracyError, Drop, DropResult, Metric, MetricError, MetricResult, drop, evaluate, get, summary
 
 __all__ = ["AccuracyCheck", "AccuracyReport", "measure", "prepare"]
 
@@ -60,7 +59,11 @@ class AccuracyCheck:
 
     def run(self, bundle_dir: Path, manifest: Mapping[str, Any], model: torch.nn.Module) -> dict[str, Any]:
         """Measure the staged bundle; raise AccuracyError (with the numbers) when the drop misses max_drop."""
-        report = _measure(self, bundle_dir, manifest, model)
+        try:
+            report = _measure(self, bundle_dir, manifest, model)
+        except AccuracyError as exc:  # NaN/Inf outputs or a NaN metric: say where, and that nothing was written
+            raise AccuracyError(f"{manifest['device']} ({manifest['format']}, {', '.join(manifest['recipe'])}): "
+                                f"{exc}. No bundle was written.") from exc
         if report.passed is False:
             r = report.result
             raise AccuracyError(

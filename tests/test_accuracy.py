@@ -144,3 +144,24 @@ def test_spearman_on_sentence_pairs_through_the_runtime(tmp_path):
     assert acc["n"] == len(pairs) and acc["fp32"]["ci_method"] == "bootstrap"
     assert acc["fp32"]["value"] > 0.3  # word overlap does rank these pairs
     assert abs(acc["drop"]["value"]) < 1e-3 and acc["passed"] is True
+
+
+class NaNHead(torch.nn.Module):
+    """Logits that are NaN for every input (square root of a large negative number)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(self.fc(x.flatten(1)) - 1e6)
+
+
+def test_nan_outputs_never_pass(test_set, tmp_path):
+    """Refused whichever check sees the NaN first (parity or the metric); AccuracyError is a ParityError."""
+    from sdk.errors import ParityError
+
+    with pytest.raises(ParityError, match="NaN"):
+        sdk.export(NaNHead().eval(), "intel-cpu", test_set[0][:1], eval_data=test_set[:50], metric="top1",
+                   output_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
