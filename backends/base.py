@@ -12,7 +12,11 @@ import numpy as np
 
 
 class Session(Protocol):
-    """A loaded model. `ran_on` names what really executes it, e.g. 'onnxruntime 1.31 CPUExecutionProvider'."""
+    """A loaded model. `ran_on` names what really executes it, e.g. 'onnxruntime 1.31 CPUExecutionProvider'.
+
+    `stand_in` (optional; absent means None) says why this is not the target hardware when the runtime fell back,
+    e.g. ONNX Runtime CPU standing in for TensorRT: budgets for the device are then not verified here.
+    """
 
     ran_on: str
 

@@ -31,6 +31,7 @@ class OrtSession:
 
     def __init__(self, session: Any, manifest: Mapping[str, Any], ran_on: str):
         self._session, self._manifest, self.ran_on = session, manifest, ran_on
+        self.stand_in: str | None = None
         self._inputs = [spec["name"] for spec in manifest["inputs"]]
         self._outputs = [spec["name"] for spec in manifest["outputs"]]
 
@@ -62,7 +63,12 @@ class _OrtBackend(Backend):
         session = ort.InferenceSession(str(model_path), options, providers=providers)
         used = session.get_providers()[0]  # ORT drops a provider that fails to initialise (e.g. no GPU)
         ran_on = f"onnxruntime {ort.__version__} {used}"
-        return OrtSession(session, manifest, ran_on + self._caveat(used, available, manifest))
+        loaded = OrtSession(session, manifest, ran_on + self._caveat(used, available, manifest))
+        loaded.stand_in = self._stand_in(used)
+        return loaded
+
+    def _stand_in(self, used: str) -> str | None:
+        return None
 
     def _provider(self, name: str, manifest: Mapping[str, Any]) -> str | tuple[str, dict[str, Any]]:
         return name
@@ -94,6 +100,9 @@ class TensorRTBackend(_OrtBackend):
         flags = _engine_flags(manifest)
         return name, {"trt_fp16_enable": "fp16" in flags, "trt_int8_enable": "int8" in flags,
                       "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
+
+    def _stand_in(self, used: str) -> str | None:
+        return None if used == TRT else f"ONNX Runtime {used} ran in place of TensorRT"
 
     def _caveat(self, used: str, available: list[str], manifest: Mapping[str, Any]) -> str:
         flags = _engine_flags(manifest)

@@ -22,6 +22,7 @@ class OpenVINOSession:
         self._inputs = [spec["name"] for spec in manifest["inputs"]]
         self._outputs = [compiled.output(spec["name"]) for spec in manifest["outputs"]]
         self.ran_on = ran_on
+        self.stand_in: str | None = None
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         arrays = check_inputs(inputs, self._manifest)
@@ -61,4 +62,6 @@ class OpenVINOBackend(Backend):
         if device != wanted:
             ran_on += (f" (stand-in: profile targets {wanted}, not present here (OpenVINO sees "
                        f"{', '.join(available) or 'nothing'}); {wanted} numerics are not emulated)")
-        return OpenVINOSession(compiled, manifest, ran_on)
+        loaded = OpenVINOSession(compiled, manifest, ran_on)
+        loaded.stand_in = None if device == wanted else f"OpenVINO {device} ran in place of {wanted}"
+        return loaded

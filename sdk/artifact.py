@@ -59,6 +59,14 @@ class Artifact:
     manifest: dict[str, Any]
     report: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return f"Artifact(device={self.device!r}, format={self.format!r}, path='{self.path}', size={self.size_bytes} B)"
+
+    def _repr_html_(self) -> str:
+        from sdk.report_html import card
+
+        return card(self.report or self.manifest, self.path)
+
     @property
     def device(self) -> str:
         return self.manifest["device"]
@@ -134,7 +142,7 @@ def load_artifact(path: str | Path) -> Artifact:
 
 
 class BundleWriter:
-    """Stage a bundle in `<output_dir>/.<name>.partial-*` and move it to `<output_dir>/<name>` on `commit`.
+    """Stage a bundle in `<output_dir>/.<name>.partial-<pid>-*` and move it to `<output_dir>/<name>` on `commit`.
 
     Used as a context manager: leaving the block without `commit` (an error) deletes the staging folder.
     """
@@ -144,7 +152,7 @@ class BundleWriter:
         self.final = self.output_dir / name
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=self.output_dir))
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-{os.getpid()}-", dir=self.output_dir))
         except OSError as exc:
             raise OutputDirError(f"cannot write to output folder {self.output_dir}: {exc.strerror or exc}. "
                                  "Pick a writable folder with output_dir=... (CLI: --out).") from None

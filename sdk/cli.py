@@ -11,15 +11,19 @@ import logging
 import os
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdk import devices
+from sdk import devices, preflight, recipe_file
+from sdk.agent.spec import RunSpec
 from sdk.errors import SdkError, UserInputError
+from sdk.progress import Progress, key_for, quiet_third_party_bars
+from sdk.summary import WIDTH, DeviceOutcome, compact_lines, fmt_size, write_summary
 
 app = typer.Typer(help="Export PyTorch models to validated, device-ready artifacts.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -49,7 +53,7 @@ def devices_list(ctx: typer.Context) -> None:
     console.print(table)
 
 
-@devices_app.command("show")
+@devices_app.command("show", epilog="Example:\n\n  edge-sdk devices show jetson")
 def devices_show(name: str = typer.Argument(..., help="Device id or alias, e.g. jetson")) -> None:
     """Show one profile in full, with the sources of its figures."""
     profile = devices.get(name)
@@ -85,7 +89,10 @@ def _load_attr(spec: str, what: str) -> Any:
     else:
         module = importlib.import_module(target)
     if not hasattr(module, attr):
-        raise UserInputError(f"{what}: {target} has no attribute {attr!r}")
+        defined = [n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
+                   and getattr(v, "__module__", None) == module.__name__]
+        raise UserInputError(f"{what}: {target} has no attribute {attr!r}; it defines: "
+                             f"{', '.join(defined) or 'no functions or classes'}")
     return getattr(module, attr), module
 
 
@@ -141,71 +148,92 @@ def _toolchain_output(keep: bool):
             os.close(saved)
 
 
-class _StatusHandler(logging.Handler):
-    """Mirror the SDK's progress log lines into a Rich status spinner."""
-
-    def __init__(self, update: Callable[[str], None]):
-        super().__init__(logging.INFO)
-        self.update = update
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.update(record.getMessage())
-
-
-@app.command("export")
+@app.command("export", epilog="Examples:\n\n  edge-sdk export samples.mobilenet_v2:build -d android --out out/\n\n"
+             "  edge-sdk export my_model.py:build -d intel-cpu -d jetson --recipe int8 --calibration my_data.py:loader"
+             "\n\n  edge-sdk export --config recipe.toml")
 def export_cmd(
-    model: str = typer.Argument(..., help="Model factory: path/to/file.py:build (returns an nn.Module or (model, inputs))"),
-    device: list[str] = typer.Option(..., "--device", "-d", help="Device id or alias; repeat, or 'all'"),
-    out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder; bundles go to OUT/<device-id>/"),
+    model: Optional[str] = typer.Argument(None, help="Model factory: path/to/file.py:build or package.module:build "
+                                          "(returns an nn.Module or (model, inputs))"),
+    device: list[str] = typer.Option([], "--device", "-d", help="Device id or alias; repeat, or 'all'"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Output folder (default out); bundles go to OUT/<device-id>/"),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Comma-separated recipe, e.g. lowrank:0.5,distill,int8"),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration data: file.py:loader (iterable of input tuples)"),
     shape: list[str] = typer.Option([], "--shape", help="Input shape like 1x3x224x224 (repeat per input)"),
-    validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the artifact here and check parity"),
+    validate: Optional[bool] = typer.Option(None, "--validate/--no-validate",
+                                            help="Run the artifact here and check parity (default: yes)"),
     agent: Optional[str] = typer.Option(None, "--agent", help="Validate on a remote agent at this URL instead of here"),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Parity tolerance; with a quantized recipe "
                                                "the most sensitive layers stay in float until it is met"),
+    task: Optional[str] = typer.Option(None, "--task", help="'text-generation': a causal LM (the factory returns it; "
+                                       "--calibration gives token-id lists), exported with a static KV cache"),
+    max_seq_len: int = typer.Option(512, "--max-seq-len", help="KV cache length for --task text-generation"),
+    config: Optional[Path] = typer.Option(None, "--config", help="A TOML file with any of these options (model, "
+                                          "device, recipe, calibration, ...); flags given here win"),
 ) -> None:
-    """Export a model to one or more devices and print a summary table."""
+    """Export a model to one or more devices: one line per device, report.html in each bundle."""
+    spec = recipe_file.merge(config, model=model, device=device, out=out, recipe=recipe, calibration=calibration,
+                             shape=shape, validate=validate, agent=agent, min_cosine=min_cosine)
+    model, device, out, recipe, calibration, shape, agent, min_cosine = (
+        spec.model, list(spec.device), Path(spec.out or "out"), spec.recipe, spec.calibration, list(spec.shape),
+        spec.agent, spec.min_cosine)
+    validate = spec.validate is not False
+    targets = preflight.check_cli_export(model, device, recipe=recipe, calibration=calibration, out=out,
+                                         min_cosine=min_cosine, agent=agent)  # before torch and the model load
     import sdk
 
-    net, inputs = _model_and_inputs(model, shape)
+    if task is not None:
+        builder, _ = _load_attr(model, "model")
+        net, inputs = (builder() if callable(builder) and not hasattr(builder, "config") else builder), None
+    else:
+        net, inputs = _model_and_inputs(model, shape)
     calib = None
     if calibration:
         calib, _ = _load_attr(calibration, "calibration")
         calib = calib() if callable(calib) else calib
-    targets = [p.id for p in devices.list()] if [d.lower() for d in device] == ["all"] else [devices.get(d).id for d in device]
+    if task is not None:
+        return _export_llm(net, model, targets, task=task, recipe=recipe, calibration=calib, out=out,
+                           validate=validate, max_seq_len=max_seq_len)
     tolerance = sdk.Tolerance(min_cosine=min_cosine) if min_cosine is not None else None
-    rows, failed = [], 0
-    logger = logging.getLogger("sdk")
-    logger.setLevel(logging.INFO)
+    outcomes: list[DeviceOutcome] = []
+    interactive = console.is_terminal
     with console.status("starting") as status, _toolchain_output(keep=_state["debug"]):
-        handler = _StatusHandler(lambda msg: status.update(msg))
-        logger.addHandler(handler)
-        try:
-            for target in targets:
-                try:
+        for target in targets:
+            try:
+                with Progress(key_for(target, recipe), show=status.update) as tracker:
                     res = sdk.export(net, target, inputs, recipe=recipe, calibration=calib, output_dir=out,
                                      validate=agent or validate, tolerance=tolerance)
-                    rows.append(_summary_row(res.report, res.artifact.path))
-                except SdkError as exc:
-                    if len(targets) == 1:
-                        raise
-                    failed += 1
-                    rows.append([target, devices.get(target).format, "-", "[red]failed[/red]", "-", str(exc)[:200]])
-        finally:
-            logger.removeHandler(handler)
-    table = Table(title=f"Export of {model}")
-    for col in ("device", "format", "size", "parity", "latency p50 (host)", "bundle / error"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    if failed:
+                if interactive:  # the estimate's history is this user's own runs at a terminal
+                    tracker.done(res.report["timings_s"]["total_s"])
+                outcomes.append(DeviceOutcome.from_report(res.report, res.artifact.path))
+            except SdkError as exc:
+                if len(targets) == 1:
+                    raise
+                outcomes.append(DeviceOutcome.from_error(target, devices.get(target).format, exc))
+    _print_outcomes(model, outcomes, out)
+    if not all(o.ok for o in outcomes):
         raise typer.Exit(1)
 
 
-def _fmt_size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+def _print_outcomes(model: str, outcomes: list[DeviceOutcome], out: Path) -> None:
+    """One line per device, the long reasons once below; several devices also get out/summary.{json,html}."""
+    width = min(console.width, WIDTH)
+
+    def say(text: str, indent: str = "") -> None:
+        console.print(textwrap.fill(text, width=width, subsequent_indent=indent or "  "), highlight=False,
+                      markup=False, soft_wrap=True)
+
+    lines, notes = compact_lines(outcomes)
+    say(f"export of {model} (p50 latency where each bundle ran: see the notes)")
+    for line in lines:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    for i, note in enumerate(notes, 1):
+        say(f"[{i}] {note}", indent="    ")
+    where = f"bundles in {out}/, report.html in each"
+    if len(outcomes) > 1:
+        _, page = write_summary(out, outcomes, f"export of {model}")
+        where += f"; summary: {page} and {page.with_suffix('.json').name}"
+    say(where)
 
 
 def _summary_row(report: dict, path: Path) -> list[str]:
@@ -216,11 +244,76 @@ def _summary_row(report: dict, path: Path) -> list[str]:
         cos = min(o["cosine"] for o in parity["outputs"])
         parity_text = f"{'[green]pass' if parity['passed'] else '[red]FAIL'}[/] cos={cos:.6f} ({parity['ran_on']})"
     latency = report["validation"].get("latency_ms")
-    return [report["device"], report["format"], _fmt_size(report["artifact"]["size_bytes"]), parity_text,
+    return [report["device"], report["format"], fmt_size(report["artifact"]["size_bytes"]), parity_text,
             f"{latency['p50']:.2f} ms" if latency else "-", str(path)]
 
 
-@app.command("inspect")
+def _llm_row(report: dict, path: Path) -> list[str]:
+    """An LLM export's row: quality in place of parity, decode tokens/s in place of latency."""
+    llm = report["llm"]
+    if not llm.get("ran"):
+        return [report["device"], report["format"], fmt_size(report["artifact"]["size_bytes"]),
+                f"[yellow]not run[/yellow]: {llm.get('reason')}", "-", str(path)]
+    q = llm.get("quality")
+    quality = (f"top-1 agree {q['top1_agreement']:.2f}, ppl {q['perplexity_artifact']:.2f} vs fp32 "
+               f"{q['perplexity_fp32']:.2f}" if q else f"[yellow]{llm.get('quality_reason')}[/yellow]")
+    decode = llm["prompts"][0]["decode_tok_s"]
+    return [report["device"], report["format"], fmt_size(report["artifact"]["size_bytes"]), quality,
+            f"{decode:.1f} tok/s decode" if decode else "-", str(path)]
+
+
+def _export_llm(net: Any, model: str, targets: list[str], **kwargs: Any) -> None:
+    """`export --task text-generation`: one row per device with quality and decode speed (see docs/llm.md)."""
+    import sdk
+
+    table = Table(title=f"Export of {model} (text-generation)")
+    for col in ("device", "format", "size", "quality vs fp32", "decode (here)", "bundle"):
+        table.add_column(col)
+    out = kwargs.pop("out")
+    with console.status("exporting"), _toolchain_output(keep=_state["debug"]):
+        for target in targets:
+            res = sdk.export(net, target, output_dir=out, **kwargs)
+            table.add_row(*_llm_row(res.report, res.artifact.path))
+    console.print(table)
+
+
+def _is_llm_bundle(path: Path) -> bool:
+    manifest = path / "manifest.json"
+    return manifest.is_file() and "llm" in json.loads(manifest.read_text())
+
+
+def _llm_bench(bundles: list[Path], prompt_len: str, new_tokens: int, as_json: bool) -> None:
+    from sdk.agent import LocalAgent
+
+    try:
+        lengths = [int(n) for n in prompt_len.split(",") if n.strip()]
+    except ValueError:
+        raise UserInputError(f"--prompt-len takes comma-separated integers, e.g. 64,512; got {prompt_len!r}") from None
+    results = []
+    with console.status("generating"):
+        for bundle in bundles:
+            results.append(LocalAgent().llm_benchmark(bundle, prompt_lens=lengths, new_tokens=new_tokens).to_dict())
+    if as_json:
+        console.print_json(json.dumps(results, default=str))
+        return
+    table = Table(title=f"LLM generation on this machine ({new_tokens} new tokens)")
+    for col in ("bundle", "ran on", "prompt", "TTFT ms", "prefill tok/s", "decode tok/s", "token p50/p90/p99 ms",
+                "peak RSS MB", "energy / token"):
+        table.add_column(col)
+    for bundle, r in zip(bundles, results):
+        energy = (f"{r['energy_per_token_mj']:.3f} mJ" if r["energy_per_token_mj"] is not None
+                  else f"n/a: {(r['energy_reason'] or '').split(':')[0]}")
+        for p in r["prompts"]:
+            lat = p["token_latency_ms"] or {}
+            table.add_row(str(bundle), r["ran_on"], str(p["prompt_len"]), f"{p['ttft_ms']:.1f}",
+                          f"{p['prefill_tok_s']:.0f}", f"{p['decode_tok_s'] or 0:.1f}",
+                          "/".join(f"{lat[k]:.2f}" for k in ("p50", "p90", "p99")) if lat else "-",
+                          f"{r['peak_rss_mb']:.0f}", energy)
+    console.print(table)
+
+
+@app.command("inspect", epilog="Examples:\n\n  edge-sdk inspect out/android-arm64/\n\n"
+             "  edge-sdk inspect out/android-arm64/ --json")
 def inspect_cmd(path: Path = typer.Argument(..., help="Bundle folder, e.g. out/android-arm64/"),
                 as_json: bool = typer.Option(False, "--json", help="Print manifest and report as JSON")) -> None:
     """Show a bundle's manifest and report, after checking its files against their sha256."""
@@ -236,7 +329,7 @@ def inspect_cmd(path: Path = typer.Argument(..., help="Bundle folder, e.g. out/a
     table.add_column("key", style="bold")
     table.add_column("value")
     table.add_row("device / format / runtime", f"{m['device']} / {m['format']} / {m['runtime']}")
-    table.add_row("model file", f"{m['model_file']} ({_fmt_size(art.size_bytes)}), files verified (sha256)")
+    table.add_row("model file", f"{m['model_file']} ({fmt_size(art.size_bytes)}), files verified (sha256)")
     table.add_row("recipe", ", ".join(m["recipe"]))
     for kind in ("inputs", "outputs"):
         table.add_row(kind, "\n".join(f"{t['name']}: {t['shape']} {t['dtype']}" for t in m[kind]))
@@ -246,9 +339,28 @@ def inspect_cmd(path: Path = typer.Argument(..., help="Bundle folder, e.g. out/a
         table.add_row("parity", row[3])
         table.add_row("host latency p50", row[4])
         cov = r.get("coverage")
-        table.add_row("coverage", json.dumps(cov) if cov else f"unknown: {r.get('coverage_reason')}")
+        table.add_row("coverage", _coverage_table(cov) if cov else f"unknown: {r.get('coverage_reason')}")
+        if (path / "report.html").is_file():
+            table.add_row("report", f"{path / 'report.html'} (plots: latency, sensitivity, coverage, size)")
         table.add_row("verdict", f"{r['verdict']['status']}: " + ", ".join(f"{k}={v}" for k, v in r["verdict"]["checks"].items()))
     console.print(table)
+
+
+def _coverage_table(cov: dict) -> Table:
+    """Delegate coverage as rows: what ran on the delegate, then each op that fell back with its count and reason."""
+    table = Table(show_header=True, box=None, pad_edge=False)
+    for col in ("where", "nodes", "why"):
+        table.add_column(col)
+    table.add_row(", ".join(cov.get("delegates") or []) or "delegate", str(cov.get("delegated_nodes", "-")),
+                  f"{cov['delegated_fraction']:.1%} of the graph" if "delegated_fraction" in cov else "")
+    reasons = cov.get("non_delegated_reasons") or {}
+    for op, n in sorted((cov.get("non_delegated_ops") or {}).items(), key=lambda kv: -kv[1]):
+        table.add_row(f"fell back: {op}", str(n), str(reasons.get(op, "")))
+    for key, value in cov.items():
+        if key not in ("delegates", "delegated_nodes", "delegated_fraction", "non_delegated_ops",
+                       "non_delegated_reasons", "non_delegated_nodes"):
+            table.add_row(key.replace("_", " "), str(value), "")
+    return table
 
 
 agent_app = typer.Typer(help="Run the test agent on a device.", no_args_is_help=True)
@@ -256,7 +368,8 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(importlib.import_module("sdk.farm.cli").farm_app, name="farm")
 
 
-@agent_app.command("serve")
+@agent_app.command("serve", epilog="Example (on the device):\n\n"
+                   "  edge-sdk agent serve --host 0.0.0.0 --port 8765 --token $TOKEN")
 def agent_serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on; anything beyond loopback needs --token"),
     port: int = typer.Option(8765, help="TCP port"),
@@ -265,9 +378,15 @@ def agent_serve(
     max_upload_mb: float = typer.Option(512.0, help="Largest bundle upload accepted"),
     adb_serial: Optional[str] = typer.Option(None, "--adb-serial", help="Drive this Android phone over adb"),
     runner: Optional[Path] = typer.Option(None, "--runner", help="Runner binary pushed to the phone (e.g. executor_runner)"),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate (PEM)"),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="Private key of --tls-cert (PEM)"),
+    max_queued: int = typer.Option(50, help="Jobs that may wait; beyond it submissions get 429 with Retry-After"),
+    min_free_mb: float = typer.Option(1024.0, help="Disk kept free; an upload that would eat into it gets 507"),
+    retention_days: float = typer.Option(30.0, help="Finished jobs and their results are deleted after this"),
+    max_memory_mb: Optional[float] = typer.Option(None, help="Memory limit of each benchmark process (default 80%% of RAM)"),
 ) -> None:
-    """Serve the agent: GET /v1/device, POST /v1/jobs, GET /v1/jobs/{id}."""
-    from sdk.agent.server import serve
+    """Serve the agent: GET /v1/device, POST /v1/jobs, GET /v1/jobs/{id}, POST /v1/jobs/{id}/cancel."""
+    from sdk.agent.server import Limits, serve
 
     phone = None
     if adb_serial:
@@ -277,20 +396,42 @@ def agent_serve(
             raise UserInputError("--adb-serial needs --runner: the binary that runs bundles on the phone "
                                  "(e.g. ExecuTorch's executor_runner built for arm64)")
         phone = Phone(serial=adb_serial, runner=str(runner))
-    serve(host, port, token, data_dir.expanduser(), max_upload_mb, phone=phone)
+    limits = Limits(max_upload_mb=max_upload_mb, max_queued=max_queued, min_free_mb=min_free_mb,
+                    retention_days=retention_days, max_memory_mb=max_memory_mb)
+    serve(host, port, token, data_dir.expanduser(), max_upload_mb, phone=phone, limits=limits,
+          ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
 
 
-@app.command("bench")
+@agent_app.command("token")
+def agent_token() -> None:
+    """Print a new random token (256 bits, URL-safe) for `edge-sdk agent serve --token`."""
+    import secrets
+
+    typer.echo(secrets.token_urlsafe(32))
+
+
+@app.command("bench", epilog="Examples:\n\n  edge-sdk bench out/intel-cpu\n\n"
+             "  edge-sdk bench out/jetson-orin-nano --agent http://jetson.local:8765")
 def bench_cmd(
     bundles: list[Path] = typer.Argument(..., help="Bundle folder(s), e.g. out/intel-cpu"),
     agent: Optional[str] = typer.Option(None, "--agent", help="Agent URL; default: run here in a child process"),
     token: Optional[str] = typer.Option(None, envvar="EDGE_SDK_AGENT_TOKEN", help="Agent bearer token"),
-    warmup: int = typer.Option(10, help="Untimed iterations before timing"),
-    iterations: int = typer.Option(200, help="Timed iterations"),
+    warmup: int = typer.Option(RunSpec.warmup, help="Untimed iterations before timing"),
+    iterations: int = typer.Option(RunSpec.iterations, help="Timed iterations"),
     as_json: bool = typer.Option(False, "--json", help="Print the raw results as JSON"),
+    prompt_len: Optional[str] = typer.Option(None, "--prompt-len", help="LLM bundles: prompt lengths, e.g. 64,512"),
+    new_tokens: int = typer.Option(128, "--new-tokens", help="LLM bundles: tokens generated per prompt"),
 ) -> None:
-    """Measure bundles on a device through the agent: latency, load time, memory, parity, energy."""
+    """Measure bundles on a device through the agent: latency, load time, memory, parity, energy.
+
+    LLM bundles (task text-generation) are measured by generating, here: TTFT, prefill/decode tokens/s."""
     from sdk.agent import Client, LocalAgent
+
+    if prompt_len is not None or all(_is_llm_bundle(b) for b in bundles):
+        if agent:
+            raise UserInputError("LLM bundles are benchmarked on this machine; on a device, call "
+                                 "Client(url).generate or run `edge-sdk bench` there")
+        return _llm_bench(bundles, prompt_len or "64", new_tokens, as_json)
 
     runner = Client(agent, token) if agent else LocalAgent()
     results = []
@@ -302,32 +443,40 @@ def bench_cmd(
         console.print_json(json.dumps(results, default=str))
         return
     table = Table(title=f"Benchmark on {agent or 'this machine'} ({iterations} iterations)")
-    for col in ("bundle", "ran on", "load ms", "p50 ms", "p90 ms", "p99 ms", "peak RSS MB", "parity", "energy / inference"):
+    for col in ("bundle", "ran on", "load ms", "p50 ms [95% CI]", "p90 ms", "p99 ms", "n, CV", "peak RSS MB", "parity",
+                "energy / inference"):
         table.add_column(col)
     for bundle, r in zip(bundles, results):
         if not r.get("ran"):
-            table.add_row(str(bundle), f"[yellow]not run[/yellow]: {r.get('reason')}", *["-"] * 7)
+            table.add_row(str(bundle), f"[yellow]not run[/yellow]: {r.get('reason')}", *["-"] * 8)
             continue
         lat, parity = r["latency_ms"], r["parity"]
+        ci = lat.get("median_ci") or {}
+        p50 = f"{lat['p50']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else f"{lat['p50']:.3f}"
+        spread = f"{lat['n']}, {lat['cv']:.0%}" if lat.get("cv") is not None else str(lat["n"])
         per_mj = (r.get("energy") or {}).get("per_inference_mj")
         energy = f"{per_mj:.3f} mJ" if per_mj is not None else f"n/a: {(r.get('energy_reason') or 'at or below idle').split(':')[0]}"
-        table.add_row(str(bundle), r["ran_on"], f"{r['load_ms']:.1f}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
-                      f"{lat['p99']:.3f}", f"{r['peak_rss_mb']:.0f}",
+        table.add_row(str(bundle), r["ran_on"], f"{r['load_ms']:.1f}", p50, f"{lat['p90']:.3f}",
+                      f"{lat['p99']:.3f}", spread, f"{r['peak_rss_mb']:.0f}",
                       "[green]pass[/green]" if parity["passed"] else "[red]FAIL[/red]", energy)
     console.print(table)
+    for bundle, r in zip(bundles, results):
+        for warning in r.get("warnings") or []:
+            console.print(f"[yellow]{bundle}: {warning}[/yellow]")
     if any(r.get("ran") and not r["parity"]["passed"] for r in results):
         raise typer.Exit(1)
 
 
-@app.command("test")
+@app.command("test", epilog="Examples:\n\n  edge-sdk test out/intel-cpu\n\n"
+             "  edge-sdk test out/jetson-orin-nano --agent http://jetson.local:8765 --junitxml results.xml")
 def test_cmd(
     bundles: list[Path] = typer.Argument(..., help="Bundle folder(s), e.g. out/jetson-orin-nano"),
     agent: str = typer.Option("local", "--agent", help="Agent URL, e.g. http://jetson.local:8765; 'local' runs here"),
     token: Optional[str] = typer.Option(None, envvar="EDGE_SDK_AGENT_TOKEN", help="Agent bearer token"),
     device: Optional[str] = typer.Option(None, "--device", help="Profile whose budgets apply (default: each bundle's)"),
     junitxml: Optional[Path] = typer.Option(None, "--junitxml", help="Write JUnit XML here, for device-lab CI"),
-    warmup: int = typer.Option(10, help="Untimed iterations before timing"),
-    iterations: int = typer.Option(200, help="Timed iterations for latency, memory and energy"),
+    warmup: int = typer.Option(RunSpec.warmup, help="Untimed iterations before timing"),
+    iterations: int = typer.Option(RunSpec.iterations, help="Timed iterations for latency, memory and energy"),
     soak_iterations: int = typer.Option(1000, help="Iterations of the soak run (drift, memory growth)"),
     latency_budget_ms: Optional[float] = typer.Option(None, help="Latency p90 budget for every bundle"),
     memory_budget_mb: Optional[float] = typer.Option(None, help="Peak memory budget for every bundle"),
@@ -370,6 +519,10 @@ def _quiet_toolchains() -> None:
     warnings.filterwarnings("ignore")
     for name in _TOOLCHAIN_LOGGERS:
         logging.getLogger(None if name == "root" else name).setLevel(logging.ERROR)
+    quiet_third_party_bars()
+
+
+ABORTED = 130  # the shell's exit status for SIGINT
 
 
 def main() -> None:
@@ -378,6 +531,8 @@ def main() -> None:
         _quiet_toolchains()
     try:
         code = app(standalone_mode=False)  # without standalone mode, typer.Exit(n) comes back as a return value
+        if code == ABORTED:  # typer turns Ctrl-C into exit code 130
+            raise KeyboardInterrupt
         if isinstance(code, int) and code:
             sys.exit(code)
     except SdkError as exc:
@@ -388,8 +543,9 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
+        err_console.print("aborted, nothing written for the export in progress (its staging folder was removed; "
+                          "bundles finished before it are kept)", highlight=False)
+        sys.exit(ABORTED)
     except Exception as exc:  # click usage errors have their own display
         import click
 

@@ -13,12 +13,13 @@ import torch
 import converters
 from converters.base import ConversionJob, ConversionResult
 from converters.passes.metrics import count_macs, count_params
-from sdk import accuracy, devices, quantization, recipes
+from sdk import accuracy, bundle_fs, explain, hf, preflight, quantization, recipes, report_html
 from sdk.artifact import Artifact, BundleWriter, load_artifact
 from sdk.devices import DeviceProfile
 from sdk.errors import (ConversionError, InvalidInputsError, ParityError, ProfileError, SdkError,
                         UnsupportedRecipeError)
 from sdk.metrics import Drop
+from sdk.progress import with_progress
 from sdk.report import build_report
 from sdk.validate import validate_bundle
 
@@ -40,12 +41,17 @@ class ExportResult:
         return (f"ExportResult(device={self.artifact.device!r}, format={self.artifact.format!r}, "
                 f"path='{self.artifact.path}', size={self.artifact.size_bytes} B, parity_passed={parity.get('passed')})")
 
+    def _repr_html_(self) -> str:
+        return report_html.card(self.report, self.artifact.path)
 
-def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: Sequence[torch.Tensor], *,
+
+@with_progress
+def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: Sequence[torch.Tensor] | None = None, *,
            recipe: str | recipes.Config | Sequence[str | recipes.Config] | None = None,
            calibration: Iterable[Any] | None = None, tolerance: recipes.Tolerance | None = None,
            output_dir: str | Path = "out", validate: bool | str = True,
-           eval_data: Iterable[Any] | None = None, metric: str | Callable[..., float] | None = None,
+           eval_data: Iterable[Any] | None = None, task: str | None = None, max_seq_len: int = 512,
+           tokenizer: Any = None, metric: str | Callable[..., float] | None = None,
            max_drop: float | Drop | None = None) -> ExportResult:
     """Compress, convert and validate `model` for `device`; write the bundle to `<output_dir>/<device-id>/`.
 
@@ -53,19 +59,30 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     `calibration` an iterable of input tuples (a DataLoader works); quantized recipes are checked on
     `eval_data`, else on the last 20% of `calibration`; with a `tolerance`, the most sensitive layers
     are kept in float until it is met. `validate` is True (run the bundle here, where its runtime
-    exists), False (skip; the report says so) or an agent URL. With `metric`, labeled `eval_data`
-    ((inputs..., label) items) runs through the artifact's runtime here and the fp32 model: the report's
-    "accuracy" has both values and the drop with 95% intervals; a drop beyond `max_drop` (absolute, or
-    sdk.Drop(relative=...)) refuses the export (sdk/accuracy.py).
+    exists), False (skip; the report says so) or an agent URL. A Hugging Face model takes `task=` (see sdk.hf),
+    which builds example_inputs from its config when none are given. `progress=True` shows the stage, the time so
+    far and an estimate on stderr.
+    With `metric`, labeled `eval_data` ((inputs..., label) items) runs through the artifact's runtime here and
+    the fp32 model: the report's "accuracy" has both values and the drop with 95% intervals; a drop beyond
+    `max_drop` (absolute, or sdk.Drop(relative=...)) refuses the export (sdk/accuracy.py).
 
     >>> import sdk, torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
     >>> res = sdk.export(model, "jetson", (torch.randn(1, 3, 32, 32),), output_dir=tmp)
     >>> res.artifact.path.name, res.report["parity"]["passed"]
     ('jetson-orin-nano', True)
+
+    `task="text-generation"` exports a causal LM (no `example_inputs`) with a static KV cache of `max_seq_len`
+    positions; `calibration`/`eval_data` are texts (with `tokenizer`) or token-id lists; see docs/llm.md.
     """
+    if task == "text-generation":
+        return _export_text_generation(model, device, recipe=recipe, calibration=calibration, eval_data=eval_data,
+                            max_seq_len=max_seq_len, output_dir=output_dir, validate=validate, tokenizer=tokenizer)
     started = time.perf_counter()
-    profile = devices.get(device)
+    profile = preflight.check_export(device, recipe=recipe, calibration=calibration, tolerance=tolerance,
+                                     output_dir=output_dir, validate=validate)  # torch-free checks, before the model
+    bundle_fs.clean_stale_partials(output_dir, profile.id)  # left by a killed export
+    model, example_inputs, task_info = hf.prepare(model, example_inputs, task)
     inputs = _check_inputs(model, example_inputs)
     original = copy.deepcopy(model).eval()  # never change the caller's model (mode, weights)
     reference_out = _run_model(original, inputs, check=True)
@@ -119,7 +136,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
             device=profile.id, fmt=profile.format, runtime=profile.runtime, model_file=result.model_file,
             inputs=np_inputs, outputs=np_outputs, recipe=plan.to_strings(),
             runtime_options={**profile.converter, **result.runtime_options},
-            extra={"tolerance": tol.to_dict()})
+            extra={"tolerance": tol.to_dict(), **task_info})
 
         log.info("validating %s", profile.id)
         t0 = time.perf_counter()
@@ -132,17 +149,24 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
                               conversion=result, validation=validation, passes=passes_report, timings=timings)
         parity = report["parity"]
         if parity.get("passed") is False:
-            raise ParityError(
-                f"{profile.id}: the {profile.format} artifact ({', '.join(plan.to_strings())}) does not match the fp32 "
-                f"model on {parity.get('ran_on')}: {'; '.join(parity.get('failures', []))}. No bundle was written. "
-                "Try a gentler recipe (e.g. fp32/fp16, int8 with tolerance= to keep sensitive layers in float) "
-                "or a looser sdk.Tolerance if this error is expected.", parity)
+            raise ParityError(explain.parity_failure(report, user_tolerance=tolerance is not None), parity)
         if accuracy_check:
             report["accuracy"] = accuracy_check.run(writer.staging, manifest, original)
         writer.write_report(report)
+        report_html.write(writer.staging, report, manifest)
         final = writer.commit()
+        bundle_fs.apply_umask(final)
     log.info("bundle written to %s", final)
     return ExportResult(artifact=load_artifact(final), report=report)
+
+
+def _export_text_generation(model: Any, device: str | DeviceProfile, **kwargs: Any) -> ExportResult:
+    """Hook for causal LMs: a static-KV-cache decoder, not a single-call graph (the work lives in converters/llm)."""
+    from converters.llm.export import export_llm
+    from sdk import devices
+
+    artifact, report = export_llm(model, devices.get(device), **kwargs)
+    return ExportResult(artifact=artifact, report=report)
 
 
 def _check_inputs(model: Any, example_inputs: Any) -> tuple[torch.Tensor, ...]:

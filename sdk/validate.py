@@ -8,9 +8,7 @@ from sdk.errors import UserInputError
 from sdk.recipes import Tolerance
 
 #: host validation is a check, not a benchmark: `edge-sdk bench` and `make bench` measure properly
-HOST_WARMUP = 5
-HOST_ITERATIONS = 30
-HOST_IDLE_S = 0.5
+HOST_CHECK = {"warmup": 5, "iterations": 30, "idle_s": 0.5}
 
 
 def validate_bundle(bundle_dir: Path, validate: bool | str, tolerance: Tolerance) -> dict[str, Any]:
@@ -20,7 +18,8 @@ def validate_bundle(bundle_dir: Path, validate: bool | str, tolerance: Tolerance
     if isinstance(validate, str):
         from sdk.agent.client import Client
 
-        result = Client(validate).benchmark(bundle_dir, tolerance=tolerance.to_dict()).to_dict()
+        with Client(validate) as agent:
+            result = agent.benchmark(bundle_dir, tolerance=tolerance.to_dict()).to_dict()
         return {"mode": "agent", **result}
     if callable(getattr(validate, "benchmark", None)):  # an agent object: a Client, a LocalAgent, an sdk.farm farm
         result = validate.benchmark(bundle_dir, tolerance=tolerance.to_dict()).to_dict()
@@ -30,6 +29,5 @@ def validate_bundle(bundle_dir: Path, validate: bool | str, tolerance: Tolerance
                              f"got {validate!r}")
     from sdk.agent.local import LocalAgent
 
-    result = LocalAgent().benchmark(bundle_dir, warmup=HOST_WARMUP, iterations=HOST_ITERATIONS,
-                                    tolerance=tolerance.to_dict(), idle_s=HOST_IDLE_S).to_dict()
+    result = LocalAgent().benchmark(bundle_dir, tolerance=tolerance.to_dict(), **HOST_CHECK).to_dict()
     return {"mode": "host", **result}

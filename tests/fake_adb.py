@@ -22,6 +22,9 @@ from pathlib import Path
 
 SERIAL = "FAKE0001"
 IDLE_UA, BUSY_UA = -310_000, -1_150_000  # battery current, discharging (kernel ABI: negative)
+#: with FAKE_ADB_AWAIT_SAMPLE=1 the runner stays busy until a battery read began while it drew BUSY_UA, so a
+#: test's energy window holds a busy sample however slowly a loaded machine schedules the probe's thread
+SAMPLED_BUSY = ".battery-read-while-busy"
 DEVICE_PATH = re.compile(r"(?<![\w./-])/(data|sys|sdcard)/")
 
 
@@ -67,6 +70,8 @@ def runner_main(argv: list[str]) -> int:
     t0 = time.monotonic()
     flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
     battery = Path(os.environ["FAKE_ADB_ROOT"]) / "sys/class/power_supply/battery/current_now"
+    sampled = Path(os.environ["FAKE_ADB_ROOT"]) / SAMPLED_BUSY
+    sampled.unlink(missing_ok=True)
     idle = battery.read_text()
     battery.write_text(f"{BUSY_UA}\n")
     try:
@@ -93,6 +98,9 @@ def runner_main(argv: list[str]) -> int:
         if flags.get("output_file"):
             for i, out in enumerate(outputs):
                 out.tofile(f"{flags['output_file']}-{i}.bin")
+        deadline = time.monotonic() + 60
+        while os.environ.get("FAKE_ADB_AWAIT_SAMPLE") and not sampled.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         battery.write_text(idle)
     return 0
@@ -138,7 +146,12 @@ def main(argv: list[str]) -> int:
     if cmd == "shell":
         command = DEVICE_PATH.sub(lambda m: f"{root}/{m.group(1)}/", " ".join(args))
         env = dict(os.environ, PATH=f"{root}/system/bin:{os.environ['PATH']}")
-        return subprocess.run(["/bin/sh", "-c", command], cwd=root, env=env, check=False).returncode
+        current = root / "sys/class/power_supply/battery/current_now"
+        busy = "current_now" in command and current.exists() and current.read_text().strip() == str(BUSY_UA)
+        done = subprocess.run(["/bin/sh", "-c", command], cwd=root, env=env, check=False).returncode
+        if busy:
+            (root / SAMPLED_BUSY).touch()
+        return done
     print(f"adb: unknown command {cmd}", file=sys.stderr)
     return 1
 

@@ -61,7 +61,8 @@ def test_devices_lists_the_phone(phone):
                                      "device": "shiba", "transport_id": "1"}]
 
 
-def test_benchmark_on_phone_on_battery(phone, bundle, tmp_path):
+def test_benchmark_on_phone_on_battery(phone, bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_ADB_AWAIT_SAMPLE", "1")  # the loop window holds a busy sample, whatever the load
     r = run_on_phone(bundle, phone(), warmup=3, iterations=150, idle_s=0.6)
     assert r["ran"] and r["parity"]["passed"]  # outputs pulled back from the phone match the reference
     assert r["ran_on"] == "executor_runner on Pixel 8 (Android 15, serial FAKE0001)"
@@ -94,7 +95,7 @@ def test_phone_benchmark_through_the_isolated_worker(phone, bundle, monkeypatch)
     launcher = bench._Launcher()  # started now, so its processes see this test's FAKE_ADB_ROOT
     monkeypatch.setattr(bench, "_launcher", launcher)
     try:
-        r = bench.run_isolated(bundle, warmup=1, iterations=20, idle_s=0, target=p.to_dict())
+        r = bench.run_isolated(bundle, warmup=1, iterations=20, idle_s=0, phone=p.to_dict())
     finally:
         launcher.close()
     assert r["ran_on"].startswith("executor_runner on Pixel 8") and r["parity"]["passed"]

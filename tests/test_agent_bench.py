@@ -148,11 +148,12 @@ def test_store_recovers_after_a_crash(tmp_path):
 
     store = JobStore(tmp_path / "jobs.sqlite3")
     done, running, queued = (store.add({"n": i}, {"device": "d"}) for i in range(3))
-    store.start(done)
+    assert store.take(done) and not store.take(done)  # queued -> running once
     store.finish(done, {"latency_ms": {"p50": 1.0}})
-    store.start(running)
+    assert store.take(running)
     store = JobStore(tmp_path / "jobs.sqlite3")  # a new agent process opens the same file
     assert store.recover() == [queued]
     assert store.get(done)["result"] == {"latency_ms": {"p50": 1.0}}
     assert store.get(running)["status"] == "failed" and "agent restarted" in store.get(running)["error"]
-    assert store.get(queued)["queue_position"] == 0 and store.counts() == {"queued": 1, "running": 0, "done": 1, "failed": 1}
+    assert store.get(queued)["queue_position"] == 0 and store.counts() == {"queued": 1, "running": 0, "done": 1, "failed": 1,
+                                                                                  "cancelled": 0}

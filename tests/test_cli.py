@@ -71,7 +71,7 @@ def test_bad_recipe_and_bad_model_spec(model_file, tmp_path):
     out = edge_sdk("export", f"{model_file}:build", "-d", "intel", "--recipe", "int9", "--out", str(tmp_path))
     assert out.returncode == 1 and "Valid entries" in out.stderr and "Traceback" not in out.stderr
     out = edge_sdk("export", f"{model_file}:nope", "-d", "intel", "--out", str(tmp_path))
-    assert out.returncode == 1 and "no attribute 'nope'" in out.stderr
+    assert out.returncode == 1 and "no attribute 'nope'; it defines: build, example_inputs" in out.stderr
 
 
 def test_inspect_detects_tampering(model_file, tmp_path):

@@ -83,11 +83,14 @@ def test_suite_passes_on_every_host_runnable_format(bundles, agent_process, tmp_
     for name, case in cases.items():
         if name.startswith("test_energy_per_inference"):  # no probe here, or a probe but no energy budget
             assert case["outcome"] == "skipped" and "energy" in case["message"], case
+        elif name.startswith(("test_latency_p90", "test_peak_memory")) and not name.endswith("[intel-cpu]"):
+            # the profile's budget is for a Jetson or a phone: on this host's stand-in it is neither met nor missed
+            assert case["outcome"] == "skipped" and case["message"].startswith("not verified here"), case
         else:
             assert case["outcome"] == "passed", (name, case)
     for d in HOST_RUNNABLE:
         assert cases[f"test_loads[{d}]"]["properties"]["measured"].startswith("cold load ")
-        assert cases[f"test_peak_memory[{d}]"]["properties"]["budget"] == (
+        assert cases[f"test_peak_memory[{d}]"]["properties"]["budget"] == (  # recorded, judged or not
             f"{sdk.devices.get(d).memory_budget_mb:g} MB (profile {d})")
         assert "over 200 iterations" in cases[f"test_soak_no_memory_growth[{d}]"]["properties"]["measured"]
     assert "edge-sdk device tests" in done.stdout and "cold load" in done.stdout  # the plugin's summary

@@ -1,7 +1,8 @@
 """The test agent: runs bundles with their runtime on a device and measures latency, memory, parity and energy.
 
 Imports no torch. `Client` talks to a remote agent (`edge-sdk agent serve`), `LocalAgent` does the same
-on this machine without a server; both return a BenchmarkResult. The server (`serve`, `create_app`) needs
+on this machine without a server; both implement the `Agent` protocol, take a `RunSpec` (or its fields as
+keywords) and return a BenchmarkResult. The server (`serve`, `create_app`) needs
 the agent extra (FastAPI, uvicorn); it is imported only when used.
 """
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["BenchmarkFailed", "BenchmarkResult", "Client", "LocalAgent", "create_app", "detect_power", "serve"]
+__all__ = ["Agent", "BenchmarkFailed", "BenchmarkResult", "Client", "LocalAgent", "RunSpec", "create_app",
+           "detect_power", "serve"]
 
 _LAZY = {
+    "Agent": ("sdk.agent.protocol", "Agent"),
+    "RunSpec": ("sdk.agent.spec", "RunSpec"),
     "Client": ("sdk.agent.client", "Client"),
     "LocalAgent": ("sdk.agent.local", "LocalAgent"),
     "BenchmarkResult": ("sdk.agent.result", "BenchmarkResult"),

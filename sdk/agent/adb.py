@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sdk.agent.power import AndroidBatteryProbe, ProbeError, energy_report
+from sdk.agent.spec import RunSpec
 from sdk.artifact import load_artifact
 from sdk.errors import DeviceError
 from sdk.parity import compare
@@ -119,11 +120,15 @@ def parse_executor_runner(log: str) -> dict[str, Any]:
             "load_ms": float(loaded.group(1)) if loaded else None}
 
 
-def run_on_phone(bundle_dir: str | Path, phone: Phone, *, warmup: int = 3, iterations: int = 20,
-                 tolerance: Mapping[str, Any] | None = None, idle_s: float = 1.0,
-                 on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Benchmark one bundle on the phone; returns the same result layout as bench.run."""
-    from sdk.agent.bench import DEFAULT_TOLERANCE, latency_stats
+def run_on_phone(bundle_dir: str | Path, phone: Phone, spec: RunSpec | None = None, *,
+                 on_phase: Callable[[str], None] | None = None, **fields: Any) -> dict[str, Any]:
+    """Benchmark one bundle on the phone as `RunSpec.of(spec, **fields)` says (the runner runs a fixed count:
+    min_duration_s and target_ci_pct do not apply); returns the same result layout as bench.run."""
+    from sdk.agent.bench import DEFAULT_TOLERANCE, NOISY_CV, latency_stats
+
+    run = RunSpec.of(spec, **fields)
+    warmup, iterations, tolerance = run.warmup, run.iterations, run.tolerance
+    idle_s = run.idle_s if run.energy else 0.0
 
     phase = on_phase or (lambda _: None)
     phase("verify")
@@ -141,9 +146,9 @@ def run_on_phone(bundle_dir: str | Path, phone: Phone, *, warmup: int = 3, itera
     phase("push")
     adb.shell(f"rm -rf {shlex.quote(remote)} && mkdir -p {shlex.quote(remote)}")
     with tempfile.TemporaryDirectory() as tmp:
-        for spec, array in zip(manifest["inputs"], inputs):
-            (Path(tmp) / f"{spec['name']}.bin").write_bytes(np.ascontiguousarray(array).tobytes())
-            adb.push(Path(tmp) / f"{spec['name']}.bin", f"{remote}/{spec['name']}.bin")
+        for tensor, array in zip(manifest["inputs"], inputs):
+            (Path(tmp) / f"{tensor['name']}.bin").write_bytes(np.ascontiguousarray(array).tobytes())
+            adb.push(Path(tmp) / f"{tensor['name']}.bin", f"{remote}/{tensor['name']}.bin")
     adb.push(artifact.model_path, f"{remote}/{model_name}")
     adb.push(phone.runner, f"{remote}/runner")
     adb.shell(f"chmod 755 {shlex.quote(remote)}/runner")
@@ -179,10 +184,10 @@ def run_on_phone(bundle_dir: str | Path, phone: Phone, *, warmup: int = 3, itera
     phase("pull-outputs")
     with tempfile.TemporaryDirectory() as tmp:
         outputs = []
-        for i, spec in enumerate(manifest["outputs"]):
+        for i, tensor in enumerate(manifest["outputs"]):
             adb.pull(f"{remote}/out-{i}.bin", Path(tmp) / f"out-{i}.bin")
             raw = (Path(tmp) / f"out-{i}.bin").read_bytes()
-            outputs.append(np.frombuffer(raw, dtype=np.dtype(spec["dtype"])).reshape(spec["shape"]))
+            outputs.append(np.frombuffer(raw, dtype=np.dtype(tensor["dtype"])).reshape(tensor["shape"]))
     model = adb.shell("getprop ro.product.model").strip()
     release = adb.shell("getprop ro.build.version.release").strip()
     adb.shell(f"rm -rf {shlex.quote(remote)}")
@@ -195,7 +200,7 @@ def run_on_phone(bundle_dir: str | Path, phone: Phone, *, warmup: int = 3, itera
         first_ms = None
         mean = timing["total_ms"] / timing["executions"]
         stats = {"p50": None, "p90": None, "p99": None, "mean": mean, "std": None, "min": None, "max": None,
-                 "n": timing["executions"], "note": "this runner prints only a total time; percentiles need a runner "
+                 "n": timing["executions"], "cv": None, "median_ci": None, "note": "this runner prints only a total time; percentiles need a runner "
                                                    "that logs 'Iteration i of N' (ExecuTorch 1.x or newer)"}
     energy = None
     if loop is not None and energy_reason is None:
@@ -222,4 +227,9 @@ def run_on_phone(bundle_dir: str | Path, phone: Phone, *, warmup: int = 3, itera
         "parity": compare(outputs, reference, tolerance, [o["name"] for o in manifest["outputs"]]),
         "energy": energy,
         "energy_reason": energy_reason,
+        "spec": run.to_dict(),
+        "conditions": {"unavailable": "the phone's CPU governor, frequency and thermal zones are not read over adb "
+                                      "(the host's are not the phone's)"},
+        "warnings": [] if stats["cv"] is None or stats["cv"] <= NOISY_CV else
+                    [f"latency varies a lot between iterations (coefficient of variation {stats['cv']:.0%})"],
     }

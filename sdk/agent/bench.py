@@ -8,6 +8,7 @@ or crashes fails that one benchmark with a clear error, and peak memory is that 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -25,7 +26,9 @@ from typing import Any
 import numpy as np
 
 import backends
-from sdk.agent import power
+from sdk.agent import conditions, power
+from sdk.agent.spec import RunSpec
+from sdk.agent.stats import latency_stats, median_ci
 from sdk.artifact import load_artifact
 from sdk.errors import AgentError
 from sdk.parity import compare
@@ -34,6 +37,10 @@ __all__ = ["DEFAULT_TOLERANCE", "BenchmarkFailed", "latency_stats", "measure_ene
            "soak_check"]
 
 DEFAULT_TOLERANCE = {"min_cosine": 0.9999}
+#: coefficient of variation above which a result carries a "noisy" warning
+NOISY_CV = 0.10
+#: how often a running benchmark checks whether it was cancelled
+CANCEL_POLL_S = 0.1
 #: the folder that holds the `sdk` and `backends` packages, put on the child's PYTHONPATH
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,14 +51,6 @@ class BenchmarkFailed(AgentError):
     def __init__(self, message: str, *, kind: str, phase: str | None, log_tail: str = ""):
         self.kind, self.phase, self.log_tail = kind, phase, log_tail
         super().__init__(message)
-
-
-def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99/mean/std/min/max of per-iteration latencies, in milliseconds."""
-    a = np.asarray(samples_ms, dtype=np.float64)
-    pct = np.percentile(a, [50, 90, 99])
-    return {"p50": float(pct[0]), "p90": float(pct[1]), "p99": float(pct[2]), "mean": float(a.mean()),
-            "std": float(a.std()), "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
 
 
 def peak_rss_mb() -> float:
@@ -159,16 +158,15 @@ def soak_check(session: Any, inputs: Sequence[np.ndarray], first: Sequence[np.nd
             "drift": drift, "parity_after_loop": compare(last, reference, tolerance, names)}
 
 
-def run(bundle_dir: str | Path, *, warmup: int = 3, iterations: int = 20,
-        tolerance: Mapping[str, Any] | None = None, idle_s: float = 1.0,
-        probes: Sequence[power.Probe] | None = None, check_bad_input: bool = False,
-        on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Load, check parity, and time a bundle with its manifest's runtime, in this process.
+def run(bundle_dir: str | Path, spec: RunSpec | None = None, *, probes: Sequence[power.Probe] | None = None,
+        on_phase: Callable[[str], None] | None = None, **fields: Any) -> dict[str, Any]:
+    """Load, check parity, and time a bundle with its manifest's runtime, in this process, as
+    `RunSpec.of(spec, **fields)` says (e.g. `run(bundle, warmup=2, iterations=30)`).
 
-    `probes=None` uses every power probe `power.detect()` finds; `probes=[]` skips energy.
-    `check_bad_input` also feeds a wrongly shaped input and records how the runtime refused it.
-    Returns {"ran": False, "reason": ...} when the runtime cannot run here.
+    `probes=None` uses every power probe `power.detect()` finds (none when spec.energy is false); `probes=[]`
+    skips energy. Returns {"ran": False, "reason": ...} when the runtime cannot run here.
     """
+    spec = RunSpec.of(spec, **fields)
     phase = on_phase or (lambda _: None)
     phase("verify")
     artifact = load_artifact(bundle_dir)
@@ -180,13 +178,13 @@ def run(bundle_dir: str | Path, *, warmup: int = 3, iterations: int = 20,
     reason = backend.unavailable_reason()
     if reason:
         return {"ran": False, "runtime": artifact.runtime, "reason": reason, "bundle": about}
-    tolerance = dict(tolerance or artifact.manifest.get("tolerance") or DEFAULT_TOLERANCE)
+    tolerance = dict(spec.tolerance or artifact.manifest.get("tolerance") or DEFAULT_TOLERANCE)
     inputs, reference = artifact.reference()
-    if probes is None:
+    if probes is None and spec.energy:
         found = power.detect()
         probes, no_probe = found.working, found.reason()
     else:
-        no_probe = "energy measurement not requested"
+        probes, no_probe = probes or [], "energy measurement not requested"
 
     baseline_mb = rss_mb()
     phase("load")
@@ -200,44 +198,46 @@ def run(bundle_dir: str | Path, *, warmup: int = 3, iterations: int = 20,
     first_outputs = [np.array(o, copy=True) for o in outputs]  # a runtime may reuse its output buffers
     names = [o["name"] for o in artifact.manifest["outputs"]]
     parity = compare(outputs, reference, tolerance, names)
-    if check_bad_input:
+    if spec.check_bad_input:
         phase("bad-input")
         bad_input = bad_input_check(session, inputs)
 
     phase("warmup")
-    for _ in range(warmup):
+    for _ in range(spec.warmup):
         session.run(inputs)
     samples: list[float] = []
 
     def timed_loop() -> int:
-        for _ in range(iterations):
-            t = time.perf_counter()
-            session.run(inputs)
-            samples.append((time.perf_counter() - t) * 1e3)
-        return iterations
+        timed_until_enough(lambda: session.run(inputs), samples, spec)
+        return len(samples)
 
     rss_before_loop = rss_mb()
+    before = conditions.snapshot()
     phase("timed-loop")
     if probes:
-        energy, energy_reason = measure_energy(probes, idle_s, timed_loop)
+        energy, energy_reason = measure_energy(probes, spec.idle_s, timed_loop)
     else:
         timed_loop()
         energy, energy_reason = None, no_probe
+    after = conditions.snapshot()
     phase("soak-check")
     soak = soak_check(session, inputs, first_outputs, reference, tolerance, names, rss_before_loop)
     stats = latency_stats(samples)
-    extra = {"bad_input": bad_input} if check_bad_input else {}
+    extra = {"bad_input": bad_input} if spec.check_bad_input else {}
     return {
         "ran": True,
         "runtime": artifact.runtime,
         "ran_on": session.ran_on,
+        "stand_in": getattr(session, "stand_in", None),
         "bundle": about,
         "host": {"hostname": platform.node(), "system": platform.system(), "machine": platform.machine()},
-        "warmup": warmup,
-        "iterations": iterations,
+        "spec": spec.to_dict(),
+        "warmup": spec.warmup,
+        "iterations": stats["n"],
         "load_ms": load_ms,
         "first_inference_ms": first_ms,
         "latency_ms": stats,
+        "latency_samples_ms": [round(s, 5) for s in samples],  # the raw distribution, kept in the bundle's report
         "throughput_ips": 1e3 / stats["mean"] if stats["mean"] > 0 else None,
         "peak_rss_mb": round(peak_rss_mb(), 2),
         "baseline_rss_mb": round(baseline_mb, 2) if baseline_mb is not None else None,
@@ -246,8 +246,47 @@ def run(bundle_dir: str | Path, *, warmup: int = 3, iterations: int = 20,
         "energy": energy,
         "energy_reason": energy_reason,
         "soak": soak,
+        "conditions": {"before": before, "after": after},
+        "warnings": measurement_warnings(stats, spec, before, after),
         **extra,
     }
+
+
+def timed_until_enough(infer: Callable[[], Any], samples: list[float], spec: RunSpec) -> None:
+    """Time `infer` into `samples`: at least spec.iterations runs and spec.min_duration_s (LoadGen's minimum
+    query count and duration); then, with spec.target_ci_pct, more runs in growing batches until the median's
+    CI is within ±target_ci_pct % or spec.max_duration_s has passed since the loop began."""
+    began = time.perf_counter()
+
+    def batch(count: int) -> None:
+        for _ in range(count):
+            t = time.perf_counter()
+            infer()
+            samples.append((time.perf_counter() - t) * 1e3)
+
+    batch(spec.iterations)
+    while time.perf_counter() - began < spec.min_duration_s:
+        batch(max(1, len(samples) // 4))
+    if spec.target_ci_pct is None:
+        return
+    while time.perf_counter() - began < spec.max_duration_s:
+        half = median_ci(samples)["half_width_pct"]
+        if half is not None and half <= spec.target_ci_pct:
+            return
+        batch(max(1, len(samples) // 2))
+
+
+def measurement_warnings(stats: Mapping[str, Any], spec: RunSpec, before: dict, after: dict) -> list[str]:
+    """What a reader should know before trusting the latency: a wide CI, a high CV, a busy or heating machine."""
+    out = conditions.busy_warnings(before, after)
+    half = stats["median_ci"]["half_width_pct"]
+    if spec.target_ci_pct is not None and (half is None or half > spec.target_ci_pct):
+        out.append(f"the median's 95% CI is ±{half}% after {stats['n']} iterations, wider than the "
+                   f"±{spec.target_ci_pct}% asked for: max_duration_s ({spec.max_duration_s:g} s) was reached")
+    if stats["cv"] is not None and stats["cv"] > NOISY_CV:
+        out.append(f"latency varies a lot between iterations (coefficient of variation {stats['cv']:.0%}); "
+                   "compare medians with their CIs, not single runs")
+    return out
 
 
 class _Launcher:
@@ -294,8 +333,9 @@ class _Launcher:
         line, self._buf = self._buf.split(b"\n", 1)
         return line.decode()
 
-    def run(self, spec_path: Path, timeout_s: float) -> int | None:
-        """Exit code of the job process (negative: killed by that signal), or None if it timed out."""
+    def run(self, spec_path: Path, timeout_s: float, cancel: threading.Event | None = None) -> int | str:
+        """Exit code of the job process (negative: killed by that signal), or "timeout" / "cancelled" when the
+        agent killed its process group (at `timeout_s`, or when `cancel` was set)."""
         with self._lock:
             proc = self._ensure()
             try:
@@ -305,15 +345,20 @@ class _Launcher:
                 if started is None:
                     raise EOFError("benchmark launcher did not fork within 60 s")
                 pid = int(started.split()[1])
-                exited = self._readline(proc, time.monotonic() + timeout_s)
-                if exited is None:
-                    try:
-                        os.killpg(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    self._readline(proc, None)
-                    return None
-                return int(exited.split()[2])
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    now = time.monotonic()
+                    stop = "timeout" if now >= deadline else "cancelled" if cancel is not None and cancel.is_set() else None
+                    if stop is not None:
+                        try:
+                            os.killpg(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                        self._readline(proc, None)
+                        return stop
+                    exited = self._readline(proc, min(deadline, now + CANCEL_POLL_S) if cancel is not None else deadline)
+                    if exited is not None:
+                        return int(exited.split()[2])
             except (EOFError, BrokenPipeError, OSError) as exc:
                 proc.kill()
                 proc.wait()
@@ -324,44 +369,55 @@ class _Launcher:
 _launcher = _Launcher()
 
 
-def run_isolated(bundle_dir: str | Path, *, warmup: int = 3, iterations: int = 20,
-                 tolerance: Mapping[str, Any] | None = None, idle_s: float = 1.0, energy: bool = True,
-                 check_bad_input: bool = False, timeout_s: float = 600.0,
-                 target: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """`run` in a fresh process (forked by the launcher); BenchmarkFailed when it crashes, hangs or raises.
+def run_isolated(bundle_dir: str | Path, spec: RunSpec | None = None, *, phone: Mapping[str, Any] | None = None,
+                 cancel: threading.Event | None = None, **fields: Any) -> dict[str, Any]:
+    """`run` in a fresh process (forked by the launcher) as `RunSpec.of(spec, **fields)` says; BenchmarkFailed
+    when it crashes, hangs (spec.timeout_s), raises or is cancelled (`cancel` set: its process group is killed).
 
-    `target` = {"kind": "adb", ...} (sdk.agent.adb.Phone.to_dict()) runs the bundle on a phone instead.
+    `phone` = sdk.agent.adb.Phone.to_dict() runs the bundle on that phone instead.
+    The process gets rlimits: spec.max_memory_mb of data (RLIMIT_DATA: heap and private mappings) when set,
+    and CPU seconds (RLIMIT_CPU) of timeout_s on every core, so a runaway never takes the machine.
     Benchmarks run one at a time, even when called from several threads. The benchmark process sees the
     environment (e.g. OMP_NUM_THREADS) as it was at the first call, when the launcher started.
     """
     with tempfile.TemporaryDirectory(prefix="edge-sdk-bench-") as tmp:
         tmp = Path(tmp)
-        spec = {"bundle": str(Path(bundle_dir).resolve()), "warmup": warmup, "iterations": iterations,
-                "tolerance": dict(tolerance) if tolerance else None, "idle_s": idle_s, "energy": energy,
-                "check_bad_input": check_bad_input, "target": dict(target) if target else {"kind": "local"},
-                "result": str(tmp / "result.json"), "phase": str(tmp / "phase"), "log": str(tmp / "log")}
+        run_spec = RunSpec.of(spec, **fields)
+        timeout_s, max_memory_mb = run_spec.timeout_s, run_spec.max_memory_mb
+        spec = {"bundle": str(Path(bundle_dir).resolve()), "run": run_spec.to_dict(),
+                "target": dict(phone) if phone else {"kind": "local"},
+                "result": str(tmp / "result.json"), "phase": str(tmp / "phase"), "log": str(tmp / "log"),
+                "limits": {"memory_mb": max_memory_mb, "cpu_s": math.ceil(timeout_s * (os.cpu_count() or 1)) + 5}}
         (tmp / "spec.json").write_text(json.dumps(spec))
-        rc = _launcher.run(tmp / "spec.json", timeout_s)
+        rc = _launcher.run(tmp / "spec.json", timeout_s, cancel)
         phase = (tmp / "phase").read_text() if (tmp / "phase").exists() else "start-up"
         log_tail = (tmp / "log").read_bytes()[-2000:].decode(errors="replace").strip() if (tmp / "log").exists() else ""
         tail = f"\n--- benchmark process output (last lines) ---\n{log_tail}" if log_tail else ""
-        if rc is None:
+        memory = (f" The benchmark process may use at most {max_memory_mb:g} MiB (the agent's memory limit)."
+                  if max_memory_mb else "")
+        if rc == "cancelled":
+            raise BenchmarkFailed(f"cancelled during {phase!r}; its process was killed", kind="cancelled", phase=phase)
+        if rc == "timeout":
             raise BenchmarkFailed(f"benchmark timed out after {timeout_s:g} s during {phase!r}; its process was "
                                   f"killed. Raise timeout_s or lower iterations.{tail}",
                                   kind="timeout", phase=phase, log_tail=log_tail)
         if rc < 0:
             name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+            limit = {"SIGXCPU": f" It used its CPU-time limit ({spec['limits']['cpu_s']} s).",
+                     "SIGKILL": memory}.get(name, "")
             raise BenchmarkFailed(f"the runtime crashed: benchmark process killed by {name} during {phase!r}. "
-                                  f"The agent is fine; this bundle's runtime is not.{tail}",
+                                  f"The agent is fine; this bundle's runtime is not.{limit}{tail}",
                                   kind="crash", phase=phase, log_tail=log_tail)
         result_file = tmp / "result.json"
         if not result_file.exists():
-            raise BenchmarkFailed(f"benchmark process exited with code {rc} during {phase!r} without a result{tail}",
+            raise BenchmarkFailed(f"benchmark process exited with code {rc} during {phase!r} without a result."
+                                  f"{memory}{tail}",
                                   kind="crash", phase=phase, log_tail=log_tail)
         outcome = json.loads(result_file.read_text())
         if not outcome["ok"]:
             err = outcome["error"]
-            raise BenchmarkFailed(f"benchmark failed during {phase!r}: {err['type']}: {err['message']}",
+            hint = memory if err["type"] == "MemoryError" or "alloc" in err["message"].lower() else ""
+            raise BenchmarkFailed(f"benchmark failed during {phase!r}: {err['type']}: {err['message']}{hint}",
                                   kind="error", phase=phase, log_tail=err.get("traceback", ""))
         result = outcome["result"]
         if result.get("ran"):

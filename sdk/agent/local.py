@@ -4,14 +4,17 @@ from __future__ import annotations
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sdk.agent import bench
 from sdk.agent.device import describe
+from sdk.agent.generate import GenerationResult, LlmBenchmark, generate
+from sdk.agent.generate import benchmark as llm_benchmark
 from sdk.agent.result import BenchmarkResult
+from sdk.agent.spec import RunSpec
 from sdk.artifact import Artifact, load_artifact
 from sdk.errors import UserInputError
 
@@ -60,20 +63,38 @@ def as_folder(bundle: Any) -> Iterator[Path]:
 
 
 class LocalAgent:
-    """Same benchmark API as Client, run on this machine: each benchmark in a child process with a timeout."""
+    """The `sdk.agent.protocol.Agent` API on this machine, without a server: each benchmark in a child process
+    with a timeout. For example::
+
+        r = LocalAgent().benchmark("out/intel-cpu", iterations=100)   # or benchmark(bundle, RunSpec(...))
+    """
 
     url = "local"
 
     def device(self) -> dict[str, Any]:
         return describe()
 
-    def benchmark(self, bundle: Any, *, warmup: int = 10, iterations: int = 200,
-                  tolerance: Mapping[str, Any] | None = None, timeout_s: float = 600.0, idle_s: float = 1.0,
-                  energy: bool = True, check_bad_input: bool = False) -> BenchmarkResult:
-        """Benchmark a bundle here. A runtime missing on this machine gives ran=False with the reason; a crash or
-        timeout raises bench.BenchmarkFailed (an AgentError)."""
+    def benchmark(self, bundle: Any, spec: RunSpec | None = None, **fields: Any) -> BenchmarkResult:
+        """Benchmark a bundle here as `RunSpec.of(spec, **fields)` says. A runtime missing on this machine gives
+        ran=False with the reason; a crash or timeout raises bench.BenchmarkFailed (an AgentError)."""
+        run = RunSpec.of(spec, **fields)
+        if run.target != "local":
+            raise UserInputError(f"LocalAgent runs bundles on this machine only, not target={run.target!r}; "
+                                 "serve an agent with an adb runner for phones")
         with as_folder(bundle) as folder:
-            result = bench.run_isolated(folder, warmup=warmup, iterations=iterations, tolerance=tolerance,
-                                        idle_s=idle_s, energy=energy, check_bad_input=check_bad_input,
-                                        timeout_s=timeout_s)
+            result = bench.run_isolated(folder, run)
         return BenchmarkResult({**result, "agent": self.url})
+
+    def generate(self, bundle: Any, prompt_tokens: Sequence[int], *, max_new_tokens: int = 128,
+                 temperature: float = 0.0, top_k: int = 0, seed: int = 0,
+                 stop_tokens: Sequence[int] | None = None) -> GenerationResult:
+        """Generate after `prompt_tokens` with an LLM bundle here (greedy unless temperature > 0); see docs/llm.md."""
+        with as_folder(bundle) as folder:
+            return generate(folder, prompt_tokens, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                            stop_tokens=stop_tokens)
+
+    def llm_benchmark(self, bundle: Any, *, prompt_lens: Sequence[int] = (64,), new_tokens: int = 128,
+                      idle_s: float = 1.0, energy: bool = True) -> LlmBenchmark:
+        """TTFT, prefill/decode tokens/s, per-token latency, RSS and energy per token of an LLM bundle here."""
+        with as_folder(bundle) as folder:
+            return llm_benchmark(folder, prompt_lens, new_tokens, idle_s=idle_s, energy=energy)

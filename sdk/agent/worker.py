@@ -41,21 +41,17 @@ def run_job(spec: dict[str, Any]) -> int:
     """Measure one bundle as the spec says; the outcome goes to the result file, never raised."""
     phase_file = Path(spec["phase"])
     try:
-        target = spec["target"]
+        from sdk.agent.spec import RunSpec
+
+        target, run = spec["target"], RunSpec.from_dict(spec["run"])
         if target["kind"] == "adb":
             from sdk.agent import adb
 
-            result = adb.run_on_phone(spec["bundle"], adb.Phone.from_dict(target), warmup=spec["warmup"],
-                                      iterations=spec["iterations"], tolerance=spec["tolerance"],
-                                      idle_s=spec["idle_s"] if spec["energy"] else 0.0,
-                                      on_phase=phase_file.write_text)
+            result = adb.run_on_phone(spec["bundle"], adb.Phone.from_dict(target), run, on_phase=phase_file.write_text)
         else:
             from sdk.agent import bench
 
-            result = bench.run(spec["bundle"], warmup=spec["warmup"], iterations=spec["iterations"],
-                               tolerance=spec["tolerance"], idle_s=spec["idle_s"],
-                               probes=None if spec["energy"] else [], check_bad_input=spec["check_bad_input"],
-                               on_phase=phase_file.write_text)
+            result = bench.run(spec["bundle"], run, on_phase=phase_file.write_text)
     except Exception as exc:
         _write(Path(spec["result"]), {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc),
                                                                "traceback": traceback.format_exc()[-4000:]}})
@@ -64,9 +60,25 @@ def run_job(spec: dict[str, Any]) -> int:
     return 0
 
 
+def _limit(spec: dict[str, Any]) -> None:
+    """rlimits for this benchmark: data memory (heap and private mappings; address-space limits would break
+    runtimes that reserve large virtual ranges) and CPU seconds. Soft limits only lower, never raise."""
+    import resource
+
+    limits = spec.get("limits") or {}
+    for name, value in ((resource.RLIMIT_DATA, limits.get("memory_mb") and int(limits["memory_mb"] * (1 << 20))),
+                        (resource.RLIMIT_CPU, limits.get("cpu_s"))):
+        if value:
+            _, hard = resource.getrlimit(name)
+            value = min(value, hard) if hard != resource.RLIM_INFINITY else value
+            resource.setrlimit(name, (value, hard))
+
+
 def _child(spec_path: str, launcher_pid: int) -> int:
     os.setsid()  # its own process group: a timeout kills the runtime's helpers too
+    os.umask(0o077)
     spec = json.loads(Path(spec_path).read_text())
+    _limit(spec)
     log = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)

@@ -13,22 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from sdk.agent.result import BenchmarkResult
+from sdk.agent.spec import RunSpec
 from sdk.errors import UserInputError
 
-__all__ = ["SPEC_KEYS", "AdbConnection", "AgentConnection", "Connection", "DeviceWorker", "LocalConnection",
+__all__ = ["AdbConnection", "AgentConnection", "Connection", "DeviceWorker", "LocalConnection",
            "check_spec"]
 
-#: the run-spec keywords of an agent's benchmark(); `target="phone"` asks an agent that drives a phone to use it
-SPEC_KEYS = frozenset({"warmup", "iterations", "tolerance", "timeout_s", "idle_s", "energy", "check_bad_input",
-                       "target"})
-
-
 def check_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The run spec as keyword arguments; an unknown key is an error, not silently dropped."""
-    unknown = sorted(set(spec) - SPEC_KEYS)
-    if unknown:
-        raise UserInputError(f"unknown run-spec key(s) {', '.join(unknown)}; a farm job takes "
-                             f"{', '.join(sorted(SPEC_KEYS))}")
+    """The run spec as keyword arguments, validated by the one RunSpec (an unknown key or a bad value is an error,
+    not silently dropped) before any device is leased."""
+    RunSpec.from_dict(spec)
     return dict(spec)
 
 
@@ -107,7 +101,7 @@ class _PhoneAgent:
         timeout_s = spec.pop("timeout_s", 600.0)  # `target` was dropped by DeviceWorker: the phone is the target
         spec.pop("check_bad_input", None)  # the phone runner has no way to feed a wrong shape
         with as_folder(bundle) as folder:
-            result = bench.run_isolated(folder, timeout_s=timeout_s, target=self.phone.to_dict(), **spec)
+            result = bench.run_isolated(folder, timeout_s=timeout_s, phone=self.phone.to_dict(), **spec)
         return BenchmarkResult({**result, "agent": self.url})
 
 

@@ -6,9 +6,10 @@ not what the phone draws, so a number would be wrong (use wireless adb or a USB 
 """
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
-from sdk.agent.power.base import SampledProbe
+from sdk.agent.power.base import Clock, SampledProbe
 
 __all__ = ["AndroidBatteryProbe", "Shell"]
 
@@ -22,7 +23,8 @@ class AndroidBatteryProbe(SampledProbe):
     resolution_s = 0.5  # fuel gauges refresh current_now every ~100 ms to 1 s
     interval_s = 0.2
 
-    def __init__(self, adb: Shell, supply: str | None = None):
+    def __init__(self, adb: Shell, supply: str | None = None, clock: Clock = time.perf_counter):
+        super().__init__(clock)
         self.adb = adb
         self.supply = supply
         self.sign = ""

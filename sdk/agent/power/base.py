@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-__all__ = ["CounterProbe", "Probe", "ProbeError", "Reading", "SampledProbe", "energy_report"]
+__all__ = ["Clock", "CounterProbe", "Probe", "ProbeError", "Reading", "SampledProbe", "energy_report"]
+
+#: seconds from an arbitrary origin; `time.perf_counter` in production, a hand-moved clock in tests
+Clock = Callable[[], float]
 
 
 class ProbeError(RuntimeError):
@@ -37,11 +41,16 @@ class Probe:
 
     Subclasses set `name`, `resolution_s` (the shortest window the sensor resolves), `interval_s` (how often
     the thread reads) and implement `unavailable_reason`, `scope` and the `_begin/_tick/_end` hooks.
+    Every sample and window edge is stamped by `clock`: the energy integral depends only on the stamps and
+    readings, so a test that moves the clock by hand gets an exact figure whatever the machine's load.
     """
 
     name: ClassVar[str]
     resolution_s: ClassVar[float] = 0.1
     interval_s: float = 0.05
+
+    def __init__(self, clock: Clock = time.perf_counter):
+        self.clock = clock
 
     def unavailable_reason(self) -> str | None:
         raise NotImplementedError  # pragma: no cover
@@ -56,8 +65,9 @@ class Probe:
     # -- window ------------------------------------------------------------------------------------
     def start(self) -> None:
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._error: BaseException | None = None
-        self._t0 = time.perf_counter()
+        self._t0 = self.clock()
         try:
             self._begin(self._t0)
         except (OSError, ValueError, RuntimeError) as exc:
@@ -71,7 +81,8 @@ class Probe:
         if self._error is not None:
             raise ProbeError(f"{self.name} probe failed while sampling: {self._error}") from self._error
         try:
-            return self._end(time.perf_counter())
+            with self._lock:
+                return self._end(self.clock())
         except (OSError, ValueError, RuntimeError) as exc:
             raise ProbeError(f"{self.name} probe failed at the end of the window: {exc}") from exc
 
@@ -81,10 +92,16 @@ class Probe:
             self._stop.set()
             self._thread.join()
 
+    def sample(self) -> None:
+        """Read the counter or sensor now, stamped `clock()`. The window's thread calls this every `interval_s`;
+        a caller may add a sample at a moment it knows matters (e.g. right after the load changed)."""
+        with self._lock:
+            self._tick(self.clock())
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self._tick(time.perf_counter())
+                self.sample()
             except Exception as exc:  # reported by stop(); a dead sensor must not be silent
                 self._error = exc
                 return

@@ -3,9 +3,10 @@
 `curr<N>_input` (mA). The sensors give power, not energy, so a thread samples and integrates."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from sdk.agent.power.base import SampledProbe
+from sdk.agent.power.base import Clock, SampledProbe
 
 __all__ = ["JetsonProbe"]
 
@@ -19,7 +20,8 @@ class JetsonProbe(SampledProbe):
     resolution_s = 0.1
     interval_s = 0.02
 
-    def __init__(self, root: str | Path = "/"):
+    def __init__(self, root: str | Path = "/", clock: Clock = time.perf_counter):
+        super().__init__(clock)
         self.root = Path(root)
         self.driver = self.root / "sys/bus/i2c/drivers/ina3221"
         self.rails: dict[str, tuple[Path, Path]] = {}

@@ -2,9 +2,10 @@
 millijoule counter since it loaded (Volta and newer). GPU board energy only: not the CPU or the host."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from sdk.agent.power.base import CounterProbe
+from sdk.agent.power.base import Clock, CounterProbe
 
 __all__ = ["NvmlProbe"]
 
@@ -14,7 +15,8 @@ class NvmlProbe(CounterProbe):
     resolution_s = 0.1  # the counter advances in steps of tens of milliseconds
     interval_s = 1.0
 
-    def __init__(self, indices: list[int] | None = None):
+    def __init__(self, indices: list[int] | None = None, clock: Clock = time.perf_counter):
+        super().__init__(clock)
         self.indices = indices
         self._handles: dict[str, Any] = {}
         self._names: dict[str, str] = {}

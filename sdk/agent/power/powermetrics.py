@@ -14,9 +14,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sdk.agent.power.base import Probe, ProbeError, Reading
+from sdk.agent.power.base import Clock, Probe, ProbeError, Reading
 
-__all__ = ["PowermetricsProbe", "parse_samples", "sample_energy"]
+__all__ = ["PowermetricsProbe", "parse_samples", "sample_energy", "window_reading"]
 
 SAMPLERS = "cpu_power,gpu_power,ane_power"
 DOMAINS = ("cpu", "gpu", "ane")
@@ -45,6 +45,37 @@ def sample_energy(sample: dict[str, Any]) -> tuple[float, dict[str, float]]:
     return seconds, joules
 
 
+def window_reading(stamped: Sequence[tuple[float, bytes]], t0: float, t1: float, stderr: bytes = b"") -> Reading:
+    """Energy of the window [t0, t1] from samples stamped with the time each one ended (its arrival): a sample
+    counts by the fraction of its `elapsed_ns` that lies inside the window."""
+    joules: dict[str, float] = {}
+    covered, used = 0.0, 0
+    for arrived, doc in stamped:
+        seconds, sample_j = sample_energy(plistlib.loads(doc))
+        start, end = arrived - seconds, arrived
+        overlap = min(end, t1) - max(start, t0)
+        if overlap <= 0 or seconds <= 0:
+            continue
+        weight = overlap / seconds
+        for d, e in sample_j.items():
+            joules[d] = joules.get(d, 0.0) + e * weight
+        covered += overlap
+        used += 1
+    window = t1 - t0
+    if not used:
+        detail = stderr.decode(errors="replace").strip()[-300:]
+        raise ProbeError(f"powermetrics gave no sample covering the {window:.3f} s window"
+                         + (f": {detail}" if detail else ""))
+    warnings = []
+    if covered < 0.9 * window:
+        # Scale to the window only from measured samples, and say so.
+        scale = window / covered
+        joules = {d: e * scale for d, e in joules.items()}
+        warnings.append(f"powermetrics samples covered {covered:.3f} s of the {window:.3f} s window; "
+                        "energy scaled from the covered part")
+    return Reading(PowermetricsProbe.name, window, joules, sum(joules.values()), used, tuple(warnings))
+
+
 class PowermetricsProbe(Probe):
     """Runs powermetrics for the window and weights each sample by how much of it overlaps the window.
 
@@ -54,7 +85,8 @@ class PowermetricsProbe(Probe):
     name = "powermetrics"
     interval_s = 0.1
 
-    def __init__(self, command: Sequence[str] | None = None, interval_ms: int = 100):
+    def __init__(self, command: Sequence[str] | None = None, interval_ms: int = 100, clock: Clock = time.perf_counter):
+        super().__init__(clock)
         self.command = list(command) if command else None
         self.interval_ms = interval_ms
         self.resolution_s = interval_ms / 1e3
@@ -86,7 +118,7 @@ class PowermetricsProbe(Probe):
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._first.wait(timeout=max(5.0, 20 * self.resolution_s))
-        self._t0 = time.perf_counter()
+        self._t0 = self.clock()
 
     def _read(self) -> None:
         """Stamp each sample with the time its closing tag arrived (= the end of its interval)."""
@@ -95,7 +127,7 @@ class PowermetricsProbe(Probe):
             buf += data
             while (end := buf.find(b"</plist>")) >= 0:
                 doc, buf = buf[:end + len(b"</plist>")], buf[end + len(b"</plist>"):]
-                self._chunks.append((time.perf_counter(), doc.strip(b"\x00\r\n\t ")))
+                self._chunks.append((self.clock(), doc.strip(b"\x00\r\n\t ")))
                 self._first.set()
         self._first.set()
 
@@ -104,9 +136,12 @@ class PowermetricsProbe(Probe):
             self._proc.kill()
             self._proc.wait()
 
+    def sample(self) -> None:
+        raise ProbeError("powermetrics streams its own samples, one every interval_ms: there is none to take between them")
+
     def stop(self) -> Reading:
-        t1 = time.perf_counter()
-        deadline = t1 + 3 * self.resolution_s + 1.0
+        t1 = self.clock()
+        deadline = time.perf_counter() + 3 * self.resolution_s + 1.0
         while time.perf_counter() < deadline and not any(t >= t1 for t, _ in self._chunks):
             if self._proc.poll() is not None:
                 break
@@ -118,32 +153,4 @@ class PowermetricsProbe(Probe):
             self._proc.kill()
             self._proc.wait()
         self._reader.join(timeout=5)
-        return self._integrate(self._t0, t1, self._proc.stderr.read())
-
-    def _integrate(self, t0: float, t1: float, err: bytes) -> Reading:
-        joules: dict[str, float] = {}
-        covered, used = 0.0, 0
-        for arrived, doc in self._chunks:
-            seconds, sample_j = sample_energy(plistlib.loads(doc))
-            start, end = arrived - seconds, arrived
-            overlap = min(end, t1) - max(start, t0)
-            if overlap <= 0 or seconds <= 0:
-                continue
-            weight = overlap / seconds
-            for d, e in sample_j.items():
-                joules[d] = joules.get(d, 0.0) + e * weight
-            covered += overlap
-            used += 1
-        window = t1 - t0
-        if not used:
-            detail = err.decode(errors="replace").strip()[-300:]
-            raise ProbeError(f"powermetrics gave no sample covering the {window:.3f} s window"
-                             + (f": {detail}" if detail else ""))
-        warnings = []
-        if covered < 0.9 * window:
-            # Scale to the window only from measured samples, and say so.
-            scale = window / covered
-            joules = {d: e * scale for d, e in joules.items()}
-            warnings.append(f"powermetrics samples covered {covered:.3f} s of the {window:.3f} s window; "
-                            "energy scaled from the covered part")
-        return Reading(self.name, window, joules, sum(joules.values()), used, tuple(warnings))
+        return window_reading(self._chunks, self._t0, t1, self._proc.stderr.read())

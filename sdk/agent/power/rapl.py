@@ -4,9 +4,10 @@ zones through the same driver)."""
 from __future__ import annotations
 
 import errno
+import time
 from pathlib import Path
 
-from sdk.agent.power.base import CounterProbe
+from sdk.agent.power.base import Clock, CounterProbe
 
 __all__ = ["RaplProbe"]
 
@@ -18,7 +19,8 @@ class RaplProbe(CounterProbe):
     name = "rapl"
     resolution_s = 0.01  # the counters update about every millisecond
 
-    def __init__(self, root: str | Path = "/"):
+    def __init__(self, root: str | Path = "/", clock: Clock = time.perf_counter):
+        super().__init__(clock)
         self.base = Path(root) / "sys/class/powercap"
         self.zones: dict[str, Path] = {}
         self._wrap: dict[str, float] = {}
