@@ -32,15 +32,21 @@ def sample_images(n: int, size: int = 224, seed: int = 0, photos: tuple[str, ...
     """`n` tensors of shape (1, 3, size, size): random crops (35-100% of the short side) and flips of the photos,
     normalised with `mean` and `std` (ImageNet's by default; a model trained with another preprocessing wants its
     own)."""
+    return random_crops([_photo(name) for name in photos], n, size, seed=seed, mean=mean, std=std)
+
+
+def random_crops(images: list[np.ndarray], n: int, size: int, *, seed: int = 0, mean: np.ndarray = MEAN,
+                 std: np.ndarray = STD, scale: tuple[float, float] = (0.35, 1.0)) -> list[torch.Tensor]:
+    """`n` crops cycling over `images` (HWC, uint8 or floats in [0, 1]): square, `scale` of the short side, at a
+    seeded random place, half of them flipped, resized to `size`, normalised; the same seed gives the same crops."""
     from skimage.transform import resize
 
-    photos = [_photo(name) for name in photos]
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        img = photos[i % len(photos)]
+        img = images[i % len(images)]
         h, w = img.shape[:2]
-        side = int(min(h, w) * rng.uniform(0.35, 1.0))
+        side = int(min(h, w) * rng.uniform(*scale))
         top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
         crop = img[top:top + side, left:left + side]
         if rng.random() < 0.5:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sdk.core import bundle as _bundle
 from sdk.core import errors as _errors
+from sdk.core import metrics as _metrics
 from sdk.core import parity as _parity
 from sdk.core import recipes as _recipes
 from sdk.version import __version__
@@ -22,7 +23,7 @@ from sdk.version import __version__
 # Modules that moved into sdk.core keep their old paths as aliases of the same module objects, so
 # `from sdk.errors import SdkError` and `sdk.errors.SdkError` keep working (one class, not a copy).
 for _old, _module in {"sdk.errors": _errors, "sdk.recipes": _recipes, "sdk.artifact": _bundle,
-                      "sdk.parity": _parity}.items():
+                      "sdk.parity": _parity, "sdk.metrics": _metrics}.items():
     sys.modules.setdefault(_old, _module)
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
     "ExportResult", "Artifact",
     # configs
     "Tolerance", "Fp32", "Fp16", "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize",
-    "Prune", "LowRank", "DepthwiseSeparable", "Distill",
+    "Prune", "LowRank", "DepthwiseSeparable", "Distill", "Drop",
     # submodules
     "devices", "recipes", "errors", "agent", "farm",
 ]
@@ -49,6 +50,7 @@ _LAZY = {
     **{name: ("sdk.core.recipes", name) for name in (
         "Tolerance", "Fp32", "Fp16", "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize",
         "Prune", "LowRank", "DepthwiseSeparable", "Distill")},
+    "Drop": ("sdk.core.metrics", "Drop"),
     "devices": ("sdk.devices", None),
     "recipes": ("sdk.core.recipes", None),
     "errors": ("sdk.core.errors", None),

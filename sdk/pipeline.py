@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -14,10 +14,11 @@ import converters
 from converters import driver
 from converters.base import ConversionJob
 from converters.passes.metrics import count_macs, count_params
-from sdk import bundle_fs, explain, hf, preflight, quantization, report_html
+from sdk import accuracy, bundle_fs, explain, hf, preflight, quantization, report_html
 from sdk.core.bundle import Artifact, BundleWriter, load_artifact
+from sdk.core.errors import InvalidInputsError, ParityError
 from sdk.devices import DeviceProfile
-from sdk.core.errors import (InvalidInputsError, ParityError)
+from sdk.core.metrics import Drop
 from sdk.progress import with_progress
 from sdk import devices
 from sdk.core import recipes
@@ -52,7 +53,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
            calibration: Iterable[Any] | None = None, tolerance: recipes.Tolerance | None = None,
            output_dir: str | Path = "out", validate: bool | str = True,
            eval_data: Iterable[Any] | None = None, task: str | None = None, max_seq_len: int = 512,
-           tokenizer: Any = None) -> ExportResult:
+           tokenizer: Any = None, metric: str | Callable[..., float] | None = None,
+           max_drop: float | Drop | None = None) -> ExportResult:
     """Compress, convert and validate `model` for `device`; write the bundle to `<output_dir>/<device-id>/`.
 
     `recipe` is a list of configs or their strings (default: the profile's default recipe);
@@ -62,6 +64,9 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     exists), False (skip; the report says so) or an agent URL. A Hugging Face model takes `task=` (see sdk.hf),
     which builds example_inputs from its config when none are given. `progress=True` shows the stage, the time so
     far and an estimate on stderr.
+    With `metric`, labeled `eval_data` ((inputs..., label) items) runs through the artifact's runtime here and
+    the fp32 model: the report's "accuracy" has both values and the drop with 95% intervals; a drop beyond
+    `max_drop` (absolute, or sdk.Drop(relative=...)) refuses the export (sdk/accuracy.py).
 
     >>> import sdk, torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
@@ -88,6 +93,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     driver.check_target(converter, profile, plan.precision)  # refuse before any long pass
     tol = plan.tolerance(tolerance)
     calib = _materialize_calibration(calibration, inputs, "calibration")
+    accuracy_check = accuracy.prepare(eval_data, inputs, metric, max_drop)
+    eval_data = accuracy_check.inputs if accuracy_check else eval_data  # read once: it may be a one-shot iterator
     evaluation = _materialize_calibration(eval_data, inputs, "eval_data")
     quantizing = plan.precision.quantizes
     if quantizing:  # fail early, before any long pass, if static INT8 has no calibration data
@@ -145,6 +152,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
         parity = report["parity"]
         if parity.get("passed") is False:
             raise ParityError(explain.parity_failure(report, user_tolerance=tolerance is not None), parity)
+        if accuracy_check:
+            report["accuracy"] = accuracy_check.run(writer.staging, manifest, original)
         writer.write_report(report)
         report_html.write(writer.staging, report, manifest)
         final = writer.commit()

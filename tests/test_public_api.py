@@ -13,7 +13,7 @@ EXPECTED = {
     "__version__", "export", "compress", "load_artifact", "optimize", "Budget", "ExportResult", "Artifact", "Tolerance",
     "Fp32", "Fp16",
     "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize", "Prune", "LowRank", "DepthwiseSeparable", "Distill",
-    "devices", "recipes", "errors", "agent", "farm",
+    "Drop", "devices", "recipes", "errors", "agent", "farm",
 }
 
 
@@ -42,7 +42,7 @@ def _import_without_torch(modules: list[str]) -> subprocess.CompletedProcess:
 def test_device_side_imports_without_torch():
     import backends
 
-    modules = ["sdk", "sdk.devices", "sdk.artifact", "sdk.parity", "sdk.errors", "backends"]
+    modules = ["sdk", "sdk.devices", "sdk.artifact", "sdk.parity", "sdk.metrics", "sdk.errors", "backends"]
     modules += sorted(set(backends.BUILTIN.values()))
     modules += [f"sdk.agent.{p.stem}" for p in (ROOT / "sdk" / "agent").glob("*.py") if p.stem != "__init__"]
     modules += [f"sdk.farm.{p.stem}" for p in (ROOT / "sdk" / "farm").glob("*.py") if p.stem != "__init__"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "SdkError",
@@ -21,6 +22,7 @@ __all__ = [
     "UnknownDeviceError",
     "ProfileError",
     "RecipeError",
+    "MetricError",
     "InvalidInputsError",
     "InputMismatchError",
     "RegistryError",
@@ -28,6 +30,7 @@ __all__ = [
     "UnsupportedError",
     "UnsupportedRecipeError",
     "ConversionError",
+    "AccuracyError",
     "ParityError",
     "DeviceError",
     "RuntimeUnavailableError",
@@ -171,3 +174,16 @@ class ProbeError(DeviceError, RuntimeError):
 
 class InternalError(SdkError):
     """A broken invariant, i.e. a bug in the SDK or a plug-in: please report it with the traceback."""
+
+
+class MetricError(UserInputError):
+    """A metric name, labels or outputs the metric cannot use (shapes, missing labels, NaN/Inf)."""
+
+
+class AccuracyError(ParityError):
+    """The artifact's metric dropped more than `max_drop` (or could not be measured) on the real runtime;
+    `accuracy` holds the measured report when there is one."""
+
+    def __init__(self, message: str, accuracy: dict[str, Any] | None = None):
+        super().__init__(message, accuracy)
+        self.accuracy = accuracy or {}
