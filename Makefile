@@ -20,7 +20,7 @@ run: $(STAMP)  ## export the sample MobileNetV2 to every device profile and prin
 test: $(STAMP)  ## the whole test suite, after ruff and the import-layer contracts (both configured in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile  # two workers, one test file each (module fixtures stay per file)
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 $(BENCH_STAMP): $(STAMP)

@@ -62,8 +62,9 @@ def check_export(device: str | DeviceProfile, *, recipe: Any = None, calibration
         if not validate.startswith(("http://", "https://")):
             raise UserInputError(f"{terms.validate} must be an agent URL such as http://jetson.local:8765, "
                                  f"got {validate!r}")
-    elif not isinstance(validate, bool):
-        raise UserInputError(f"validate= must be True, False or an agent URL, got {validate!r}")
+    elif not isinstance(validate, bool) and not callable(getattr(validate, "benchmark", None)):
+        raise UserInputError(f"validate= must be True, False, an agent URL or an agent (Client, LocalAgent, a farm), "
+                             f"got {validate!r}")
     check_output_dir(output_dir, profile.id, terms)
     return profile
 

@@ -5,9 +5,11 @@ Small: no dashboard, 1-2 CPUs and 80 MB of object store per node."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +22,9 @@ OBJECT_STORE_BYTES = 80 * 1024 * 1024
 class LocalRayCluster:
     def __init__(self, root: Path):
         self.root = root.resolve()
+        # Ray's session folder holds AF_UNIX sockets (at most 107 bytes of path): keep it short, not under the
+        # test's tmp path (deeper under pytest-xdist)
+        self.ray_dir = Path(tempfile.mkdtemp(prefix="edge-ray-"))
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: dict[str, subprocess.Popen] = {}
@@ -37,7 +42,7 @@ class LocalRayCluster:
         """Start the head, then `workers` (node name -> CPUs), one at a time (nodes started together race for
         ports); return when every node says it is up."""
         self._start("head", "--head", "--port", str(self.port), "--num-cpus", "1", "--include-dashboard", "false",
-                    "--temp-dir", str(self.root / "ray"), "--node-name", "head")
+                    "--temp-dir", str(self.ray_dir), "--node-name", "head")
         deadline = time.monotonic() + timeout
         self._wait("head", deadline)
         for name, cpus in workers.items():
@@ -70,3 +75,4 @@ class LocalRayCluster:
         """Kill every node this cluster started, workers first (their actor processes exit with their raylet)."""
         for name in [n for n in self.nodes if n != "head"] + (["head"] if "head" in self.nodes else []):
             self.kill(name)
+        shutil.rmtree(self.ray_dir, ignore_errors=True)

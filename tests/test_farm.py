@@ -110,7 +110,7 @@ def test_a_profile_without_a_device_fails_clearly(lab, tmp_path):
     bundle = make_bundle(tmp_path, 99, device="intel-cpu", runtime="openvino")
     with pytest.raises(NoDeviceError, match=r"no device in the farm matches profile=intel-cpu.*edge-sdk farm host"):
         lab.farm.benchmark(bundle, **QUICK)
-    with pytest.raises(sdk.core.errors.UserInputError, match="unknown run-spec key"):
+    with pytest.raises(sdk.core.errors.UserInputError, match="invalid run spec: iterationz: unknown key"):
         lab.farm.benchmark(lab.bundles[NANO][0], iterationz=5)
 
 
@@ -144,7 +144,7 @@ def test_devices_table_and_the_token_is_never_logged(lab):
         line = next(line for line in proc.stdout.splitlines() if name in line)
         assert node in line and "free" in line, proc.stdout
     assert "profile=jetson-agx-orin" in proc.stdout.replace("\n", "").replace("│", "").replace(" ", "")
-    logged = [p for p in (lab.root / "ray").rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    logged = [p for p in lab.cluster.ray_dir.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
     assert not logged and not any(TOKEN in out for out in lab.outputs + [proc.stdout, proc.stderr])
 
 

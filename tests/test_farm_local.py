@@ -12,6 +12,7 @@ import pytest
 from agent_bundles import make_bundle, zip_bundle
 
 import sdk
+from sdk.agent import bench
 from sdk.farm import AdbConnection, FarmJobsFailed
 from sdk.farm.device import DeviceWorker
 
@@ -47,6 +48,7 @@ def test_local_farm_runs_records_and_reports_a_failed_job_without_losing_the_oth
 
 def test_a_phone_over_adb_is_a_farm_device(bundles, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_ADB_ROOT", str(fake_adb.make_phone(tmp_path / "phone")))
+    bench._launcher.close()  # benchmark processes fork from a launcher: restart it so they see FAKE_ADB_ROOT
     runner = fake_adb.write_runner(tmp_path / "executor_runner")
     connection = AdbConnection(fake_adb.SERIAL, str(runner), adb=(sys.executable, fake_adb.__file__),
                                runtimes=("onnxruntime",))

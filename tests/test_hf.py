@@ -8,7 +8,7 @@ import torch
 import transformers as tf
 
 import sdk
-from sdk.core.errors import InvalidInputsError, UnsupportedError
+from sdk.core.errors import InvalidInputsError
 
 HOST_RUNNABLE = ("android-arm64", "android-litert", "intel-cpu", "jetson-orin-nano")
 
@@ -62,7 +62,7 @@ def test_task_errors_say_what_to_do(models, tmp_path):
         sdk.export(models["feature-extraction"], "jetson", output_dir=tmp_path)
     with pytest.raises(InvalidInputsError, match="did you mean 'image-classification'"):
         sdk.export(models["image-classification"], "jetson", task="image-clasification", output_dir=tmp_path)
-    with pytest.raises(UnsupportedError, match="LLM"):
+    with pytest.raises(InvalidInputsError, match="causal LM"):  # text-generation is the LLM path's
         sdk.export(models["feature-extraction"], "jetson", task="text-generation", output_dir=tmp_path)
     with pytest.raises(InvalidInputsError, match="Hugging Face"):
         sdk.export(torch.nn.Linear(2, 2), "jetson", (torch.randn(1, 2),), task="feature-extraction",
