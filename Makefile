@@ -4,14 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench docs clean
+.PHONY: run test bench docs lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# torch first and pinned, so no dependency pulls a CUDA build
+	$(BIN)/pip install --quiet pip==26.3
+	# torch first and pinned, so no dependency pulls a CUDA build; every other version comes from constraints.txt,
+	# so pip never backtracks (the loose extras alone end in resolution-too-deep)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[all,dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[all,dev]"
 	touch $(STAMP)
 
 run: $(STAMP)  ## export the sample MobileNetV2 to every device profile and print the report
@@ -24,7 +25,7 @@ test: $(STAMP)  ## the whole test suite, after ruff and the import-layer contrac
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[all,dev,bench]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[all,dev,bench]"
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)  ## heavy measurements on real pretrained models (not part of make test)
@@ -34,6 +35,16 @@ bench: $(BENCH_STAMP)  ## heavy measurements on real pretrained models (not part
 
 docs: $(STAMP)  ## build the documentation site into site/ (MkDocs Material); fails on any broken link
 	$(BIN)/mkdocs build --strict
+
+# Re-resolve every extra from scratch and write constraints.txt. The two hints steer pip past the one conflict
+# (xdsl, via litert-torch, caps typing-extensions below 4.13; newer pydantic needs more).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet pip==26.3 && .venv-lock/bin/pip install --quiet torch==2.13.0
+	printf 'typing-extensions==4.12.2\npydantic==2.10.6\n' > .venv-lock/hints.txt
+	.venv-lock/bin/pip install --quiet -c .venv-lock/hints.txt ".[all,dev,bench]"
+	{ sed -n '1,/^# Regenerate/p' constraints.txt; .venv-lock/bin/pip freeze --exclude edge-sdk | sed 's/+cpu$$//'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .venv-lock
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache

@@ -240,22 +240,27 @@ class _Audit:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        status = 500
+        logged = False
+
+        def log(status: int) -> None:
+            nonlocal logged
+            if logged or (scope["method"] in ("GET", "HEAD") and status not in (401, 403, 429, 507)):
+                return
+            logged = True
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            state = scope.get("state") or {}
+            self.audit.write(**_client_identity(scope, headers), method=scope["method"], path=scope["path"],
+                             status=status, job=state.get("job_id"))
 
         async def recorded(message: dict) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                log(message["status"])  # before the client can see the answer, so a reader never races it
             await send(message)
 
         try:
             await self.app(scope, receive, recorded)
         finally:
-            if scope["method"] not in ("GET", "HEAD") or status in (401, 403, 429, 507):
-                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-                state = scope.get("state") or {}
-                self.audit.write(**_client_identity(scope, headers), method=scope["method"], path=scope["path"],
-                                 status=status, job=state.get("job_id"))
+            log(500)  # no answer started: the request failed inside the app
 
 
 #: POST /v1/jobs reads its multipart body itself (streamed, size-capped); this describes it in the OpenAPI document
