@@ -4,13 +4,17 @@
 labels or max_drop fail before any long step) and `AccuracyCheck.run` on the staged bundle: every eval sample goes
 through the runtime the device uses (backends/, as the agent runs it) and through the fp32 model; a drop beyond
 `max_drop` raises AccuracyError, so no bundle is written. `measure` does the same for a bundle already on disk.
+
+With a quantized recipe and `max_drop`, `AccuracyCheck.measure_file` is also the criterion of accuracy control
+(sdk/quantization.py): the staged model file is measured after each conversion, and the most sensitive layers are
+kept in float until the drop holds (NNCF's quantize_with_accuracy_control, on the target's runtime).
 """
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +61,25 @@ class AccuracyCheck:
     max_drop: Drop | None
     inputs: list[tuple[torch.Tensor, ...]]
     labels: np.ndarray | None
+    _fp32: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # per model: control measures often
+
+    def fp32_outputs(self, model: torch.nn.Module) -> np.ndarray:
+        """The fp32 model's first output on every eval sample, computed once per model."""
+        if id(model) not in self._fp32:
+            with torch.no_grad():
+                self._fp32[id(model)] = np.stack([_first_tensor(model(*sample)).float().numpy()
+                                                  for sample in self.inputs])
+        return self._fp32[id(model)]
+
+    def measure_file(self, model_path: Path, manifest: Mapping[str, Any], model: torch.nn.Module) -> AccuracyReport:
+        """The metric of one model file on its runtime here (manifest: device, runtime, inputs, outputs,
+        runtime_options), no refusal: `passed` says whether max_drop holds."""
+        return _measure(self, model_path, manifest, model)
 
     def run(self, bundle_dir: Path, manifest: Mapping[str, Any], model: torch.nn.Module) -> dict[str, Any]:
         """Measure the staged bundle; raise AccuracyError (with the numbers) when the drop misses max_drop."""
         try:
-            report = _measure(self, bundle_dir, manifest, model)
+            report = _measure(self, bundle_dir / manifest["model_file"], manifest, model)
         except AccuracyError as exc:  # NaN/Inf outputs or a NaN metric: say where, and that nothing was written
             raise AccuracyError(f"{manifest['device']} ({manifest['format']}, {', '.join(manifest['recipe'])}): "
                                 f"{exc}. No bundle was written.") from exc
@@ -110,14 +128,13 @@ def measure(bundle_dir: str | Path, model: torch.nn.Module, eval_data: Iterable[
     bundle_dir = Path(bundle_dir)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     example = [torch.from_numpy(np.zeros(s["shape"], dtype=s["dtype"])) for s in manifest["inputs"]]
-    return _measure(prepare(eval_data, example, metric, max_drop), bundle_dir, manifest, model)
+    return _measure(prepare(eval_data, example, metric, max_drop), bundle_dir / manifest["model_file"], manifest, model)
 
 
-def _measure(check: AccuracyCheck, bundle_dir: Path, manifest: Mapping[str, Any],
+def _measure(check: AccuracyCheck, model_path: Path, manifest: Mapping[str, Any],
              model: torch.nn.Module) -> AccuracyReport:
     limit = str(check.max_drop) if check.max_drop else None
-    with torch.no_grad():
-        fp32 = np.stack([_first_tensor(model(*sample)).float().numpy() for sample in check.inputs])
+    fp32 = check.fp32_outputs(model)
     backend = backends.get(manifest["runtime"])
     reason = backend.unavailable_reason()
     if reason:
@@ -126,7 +143,7 @@ def _measure(check: AccuracyCheck, bundle_dir: Path, manifest: Mapping[str, Any]
         return AccuracyReport(check.metric.name, None, None, limit, None, None,
                               unavailable=f"the {manifest['runtime']} runtime cannot run on this host: {reason}",
                               fp32=evaluate(check.metric, fp32, check.labels, fp32, "fp32 model"))
-    session = backend.load(bundle_dir / manifest["model_file"], manifest)
+    session = backend.load(model_path, manifest)
     artifact = np.stack([session.run([t.numpy() for t in sample])[0] for sample in check.inputs])
     result = drop(check.metric, fp32, artifact.astype(fp32.dtype, copy=False), check.labels)
     allowed = check.max_drop.allowed(result.baseline.value) if check.max_drop else None

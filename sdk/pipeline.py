@@ -66,7 +66,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     far and an estimate on stderr.
     With `metric`, labeled `eval_data` ((inputs..., label) items) runs through the artifact's runtime here and
     the fp32 model: the report's "accuracy" has both values and the drop with 95% intervals; a drop beyond
-    `max_drop` (absolute, or sdk.Drop(relative=...)) refuses the export (sdk/accuracy.py).
+    `max_drop` (absolute, or sdk.Drop(relative=...)) refuses the export (sdk/accuracy.py). With a quantized
+    recipe, accuracy control first keeps the most sensitive layers in float until the drop holds on the runtime.
 
     >>> import sdk, torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
@@ -125,8 +126,12 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
         if quantizing:
             job.calibration, heldout, source = quantization.split_calibration(plan.precision, calib, evaluation,
                                                                               inputs, profile)
+            control = None
+            if accuracy_check and accuracy_check.max_drop:  # accuracy control: the metric on the runtime decides
+                def control(path: Path, load_manifest: dict[str, Any]) -> accuracy.AccuracyReport:
+                    return accuracy_check.measure_file(path, load_manifest, original)
             result = quantization.convert_quantized(converter, job, tolerance=tol, user_tolerance=tolerance is not None,
-                                                    heldout=heldout, heldout_source=source)
+                                                    heldout=heldout, heldout_source=source, accuracy=control)
         else:
             result = converter.convert(job)
         timings["convert_s"] = time.perf_counter() - t0
@@ -154,6 +159,9 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
             raise ParityError(explain.parity_failure(report, user_tolerance=tolerance is not None), parity)
         if accuracy_check:
             report["accuracy"] = accuracy_check.run(writer.staging, manifest, original)
+            fallback = (report.get("quantization") or {}).get("fallback") or {}
+            if fallback.get("max_drop"):
+                report["accuracy"]["control"] = {"kept_float": fallback["kept_float"], "steps": fallback["steps"]}
         writer.write_report(report)
         report_html.write(writer.staging, report, manifest)
         final = writer.commit()

@@ -10,7 +10,7 @@ import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import backends
 from converters.base import ConversionJob, ConversionResult, Converter
 from converters.quant.sensitivity import layer_sensitivity, quantizable_layers, simulate
 from sdk.devices import DeviceProfile
-from sdk.core.errors import ConversionError, InvalidInputsError, ParityError, SdkError, first_line
+from sdk.core.errors import AccuracyError, ConversionError, InvalidInputsError, ParityError, SdkError, first_line
 from sdk.core.parity import compare
 from sdk.core.recipes import Config, Int8Static, Tolerance
 
@@ -70,15 +70,21 @@ class HeldOutEvaluator:
             ran_on = (f"simulated in torch with fake-quant{' of weights only' if weight_only else ''} "
                       f"({self.job.profile.runtime} cannot run here: {self.unavailable})")
         else:
-            manifest = {"inputs": _specs("in", self.job.example_inputs), "outputs": _specs("out", self.reference[0]),
-                        "runtime_options": dict(self.job.profile.converter)}
-            outputs, ran_on = self._run(result, manifest)
+            outputs, ran_on = self._run(result, self.load_manifest(result))
         got = [np.concatenate([o[i].reshape(1, -1) if o[i].ndim < 2 else o[i] for o in outputs])
                for i in range(len(outputs[0]))]
         ref = [np.concatenate([r[i].reshape(1, -1) if r[i].ndim < 2 else r[i] for r in self.reference])
                for i in range(len(self.reference[0]))]
         return {"ran_on": ran_on, "samples": len(self.heldout), **compare(got, ref, {"min_cosine": -1.0})}
 
+
+    def load_manifest(self, result: ConversionResult) -> dict[str, Any]:
+        """What a runtime needs to load the staged file (the bundle's manifest is written only after conversion)."""
+        profile = self.job.profile
+        return {"device": profile.id, "format": profile.format, "runtime": profile.runtime,
+                "model_file": result.model_file, "inputs": _specs("in", self.job.example_inputs),
+                "outputs": _specs("out", self.reference[0]),
+                "runtime_options": {**profile.converter, **result.runtime_options}}
 
     def _run(self, result: ConversionResult, manifest: dict[str, Any]) -> tuple[list[list[np.ndarray]], str]:
         """The staged file's outputs on every held-out input; a runtime's own exception becomes a ConversionError."""
@@ -107,8 +113,11 @@ def toolchain_float_layers(result: ConversionResult) -> set[str]:
 
 def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: Tolerance, user_tolerance: bool,
                       heldout: list[tuple], heldout_source: str,
-                      max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS) -> ConversionResult:
-    """Convert with the job's quantization config; with a user tolerance, keep the worst layers in float until met."""
+                      max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS,
+                      accuracy: Callable[[Path, dict[str, Any]], Any] | None = None) -> ConversionResult:
+    """Convert with the job's quantization config; keep the worst layers in float until a user tolerance holds
+    and, with `accuracy` (accuracy control: staged file, load manifest -> AccuracyReport), until the task
+    metric's drop holds on the target's runtime."""
     config = job.precision
     calib = job.calibration or [job.example_inputs]
     evaluate = HeldOutEvaluator(job, heldout, job.calibration)
@@ -130,21 +139,33 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
         else:
             result = candidate
             parity = evaluate(result, attempt.keep_float)
-            problems = _misses(parity, tolerance)
+            metric = accuracy(job.workdir / result.model_file, evaluate.load_manifest(result)) if accuracy else None
+            missed_metric = _metric_misses(metric)
+            problems = _misses(parity, tolerance) + missed_metric
+            blocking = problems if user_tolerance else missed_metric
             steps.append({"kept_float": list(keep), "min_cosine": min(o["cosine"] for o in parity["outputs"]),
-                          "min_sqnr_db": _min_or_none(o["sqnr_db"] for o in parity["outputs"]), "met": not problems})
+                          "min_sqnr_db": _min_or_none(o["sqnr_db"] for o in parity["outputs"]), "met": not problems,
+                          **({"metric_drop": _drop_record(metric)} if metric is not None else {})})
             if sensitivity is None:  # after the first conversion, which says whether activations were quantized
                 log.info("measuring per-layer sensitivity to %s", config)
                 sensitivity = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES],
                                                 heldout[:MAX_SENSITIVITY_SAMPLES],
                                                 weight_only=weight_only_artifact(result))
-            if not problems or not user_tolerance:
+            if not blocking:
                 break
         skip = set(keep) | set(unexcludable) | toolchain_float_layers(result)
         remaining = [row["layer"] for row in sensitivity if row["layer"] not in skip]
         # Keeping the last quantized layer in float would leave nothing quantized: that is not an INT8 artifact.
         if len(remaining) <= 1 or len(keep) >= max_fallback_layers:
             _clear(job.workdir)
+            if missed_metric:
+                raise AccuracyError(
+                    f"{job.profile.id}: {config} could not meet max_drop={metric.max_drop} on {metric.ran_on} even "
+                    f"with {len(keep)} layer(s) kept in float ({', '.join(keep) or 'none'}); {'; '.join(problems)}. "
+                    "No bundle was written. Try a gentler scheme (fp16, int8 instead of int4), more representative "
+                    "calibration data, or a larger max_drop.",
+                    {**metric.to_dict(), "control": {"kept_float": list(keep), "steps": steps,
+                                                     "unexcludable": unexcludable}})
             raise ParityError(
                 f"{job.profile.id}: {config} could not meet {tolerance} on held-out data even with {len(keep)} "
                 f"layer(s) kept in float ({', '.join(keep) or 'none'}); best reached: min cosine "
@@ -162,13 +183,15 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
                                   + (" (weights only, as the artifact keeps activations in float)"
                                      if weight_only_artifact(result) else ""),
                         "layers_measured": len(sensitivity), "worst": sensitivity[:TOP_OFFENDERS]},
-        "fallback": {"tolerance": tolerance.to_dict() if user_tolerance else None, "kept_float": keep, "steps": steps,
-                     "could_not_exclude": unexcludable},
+        "fallback": {"tolerance": tolerance.to_dict() if user_tolerance else None,
+                     "max_drop": str(metric.max_drop) if metric is not None and metric.max_drop else None,
+                     "kept_float": keep, "steps": steps, "could_not_exclude": unexcludable},
         "quantizable_layers": len(quantizable_layers(job.model)),
     })
     floats = {entry["name"]: entry for entry in report.get("float_layers", [])}
     for name in keep:  # the converter saw these as requested; say who requested them and why
-        floats[name] = {"name": name, "reason": "kept in float by the fallback to meet the tolerance"}
+        floats[name] = {"name": name, "reason": "kept in float by the fallback to meet "
+                        + ("max_drop" if metric is not None and metric.max_drop else "the tolerance")}
     report["float_layers"] = list(floats.values())
     result.quantization = report
     return result
@@ -178,6 +201,23 @@ def _misses(parity: dict[str, Any], tolerance: Tolerance) -> list[str]:
     from sdk.core.parity import failures
 
     return [msg for o in parity["outputs"] for msg in failures(o, tolerance.to_dict())]
+
+
+def _metric_misses(metric: Any) -> list[str]:
+    """Accuracy control's verdict as a problem line (none when met, or when the runtime cannot run here)."""
+    if metric is None or metric.passed is not False:
+        return []
+    r = metric.result
+    return [f"{r.metric} drop {r.value:.4g} (95% CI [{r.ci_low:.4g}, {r.ci_high:.4g}], n={r.candidate.n}) > "
+            f"{metric.allowed_drop:.4g} allowed"]
+
+
+def _drop_record(metric: Any) -> dict[str, Any]:
+    r = metric.result
+    if r is None:
+        return {"unavailable": metric.unavailable}
+    return {"metric": r.metric, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.candidate.n,
+            "allowed": metric.allowed_drop, "met": metric.passed}
 
 
 def _min_or_none(values) -> float | None:

@@ -165,3 +165,23 @@ def test_nan_outputs_never_pass(test_set, tmp_path):
         sdk.export(NaNHead().eval(), "intel-cpu", test_set[0][:1], eval_data=test_set[:50], metric="top1",
                    output_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("device_id", ["intel-cpu", "android-arm64", "jetson-orin-nano", "android-litert"])
+def test_control_keeps_the_planted_sensitive_layer_float_to_meet_max_drop(device_id, tmp_path):
+    """Accuracy control without tolerance=: all-INT8 misses max_drop on the runtime, so the most sensitive layer
+    (`mid`, whose one huge weight on a dead input sets every INT8 scale) stays float until the drop holds."""
+    from quant_models import DeadInputOutlier
+
+    torch.manual_seed(5)
+    model = DeadInputOutlier().eval()
+    calibration = [(torch.randn(1, 16),) for _ in range(20)]
+    eval_data = [(torch.randn(1, 16),) for _ in range(40)]
+    res = sdk.export(model, device_id, calibration[0], recipe=["int8"], calibration=calibration,
+                     eval_data=eval_data, metric="cosine", max_drop=0.01, output_dir=tmp_path)
+    acc = res.report["accuracy"]
+    steps = acc["control"]["steps"]
+    assert steps[0]["metric_drop"]["met"] is False and steps[0]["metric_drop"]["value"] > 0.01, steps
+    assert "mid" in acc["control"]["kept_float"] and steps[-1]["metric_drop"]["met"] is True
+    assert acc["passed"] is True and acc["drop"]["value"] <= 0.01 and acc["n"] == 40
+    assert any(f["name"] == "mid" and "max_drop" in f["reason"] for f in res.report["quantization"]["float_layers"])
