@@ -61,25 +61,26 @@ class AccuracyCheck:
     max_drop: Drop | None
     inputs: list[tuple[torch.Tensor, ...]]
     labels: np.ndarray | None
-    _fp32: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # per model: control measures often
+    _fp32: tuple[torch.nn.Module, np.ndarray] | None = field(default=None, repr=False)  # control measures often
 
     def fp32_outputs(self, model: torch.nn.Module) -> np.ndarray:
-        """The fp32 model's first output on every eval sample, computed once per model."""
-        if id(model) not in self._fp32:
+        """The fp32 model's first output on every eval sample, computed once for the model last asked about."""
+        if self._fp32 is None or self._fp32[0] is not model:
             with torch.no_grad():
-                self._fp32[id(model)] = np.stack([_first_tensor(model(*sample)).float().numpy()
-                                                  for sample in self.inputs])
-        return self._fp32[id(model)]
+                self._fp32 = model, np.stack([_first_tensor(model(*sample)).float().numpy() for sample in self.inputs])
+        return self._fp32[1]
 
     def measure_file(self, model_path: Path, manifest: Mapping[str, Any], model: torch.nn.Module) -> AccuracyReport:
         """The metric of one model file on its runtime here (manifest: device, runtime, inputs, outputs,
         runtime_options), no refusal: `passed` says whether max_drop holds."""
         return _measure(self, model_path, manifest, model)
 
-    def run(self, bundle_dir: Path, manifest: Mapping[str, Any], model: torch.nn.Module) -> dict[str, Any]:
-        """Measure the staged bundle; raise AccuracyError (with the numbers) when the drop misses max_drop."""
+    def run(self, bundle_dir: Path, manifest: Mapping[str, Any], model: torch.nn.Module,
+            measured: AccuracyReport | None = None) -> dict[str, Any]:
+        """Measure the staged bundle (or take `measured`, accuracy control's last measurement of the same file);
+        raise AccuracyError (with the numbers) when the drop misses max_drop."""
         try:
-            report = _measure(self, bundle_dir / manifest["model_file"], manifest, model)
+            report = measured or _measure(self, bundle_dir / manifest["model_file"], manifest, model)
         except AccuracyError as exc:  # NaN/Inf outputs or a NaN metric: say where, and that nothing was written
             raise AccuracyError(f"{manifest['device']} ({manifest['format']}, {', '.join(manifest['recipe'])}): "
                                 f"{exc}. No bundle was written.") from exc

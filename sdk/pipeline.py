@@ -123,13 +123,15 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
         job = ConversionJob(model=student, example_inputs=inputs, recipe=plan, profile=profile, workdir=writer.staging,
                             input_names=[f"in_{i}" for i in range(len(inputs))],
                             output_names=[f"out_{i}" for i in range(len(reference_out))], calibration=calib)
+        controlled: list[accuracy.AccuracyReport] = []  # accuracy control's measurements; the last is the file's
         if quantizing:
             job.calibration, heldout, source = quantization.split_calibration(plan.precision, calib, evaluation,
                                                                               inputs, profile)
             control = None
             if accuracy_check and accuracy_check.max_drop:  # accuracy control: the metric on the runtime decides
                 def control(path: Path, load_manifest: dict[str, Any]) -> accuracy.AccuracyReport:
-                    return accuracy_check.measure_file(path, load_manifest, original)
+                    controlled.append(accuracy_check.measure_file(path, load_manifest, original))
+                    return controlled[-1]
             result = quantization.convert_quantized(converter, job, tolerance=tol, user_tolerance=tolerance is not None,
                                                     heldout=heldout, heldout_source=source, accuracy=control)
         else:
@@ -158,7 +160,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
         if parity.get("passed") is False:
             raise ParityError(explain.parity_failure(report, user_tolerance=tolerance is not None), parity)
         if accuracy_check:
-            report["accuracy"] = accuracy_check.run(writer.staging, manifest, original)
+            report["accuracy"] = accuracy_check.run(writer.staging, manifest, original,
+                                                    measured=controlled[-1] if controlled else None)
             fallback = (report.get("quantization") or {}).get("fallback") or {}
             if fallback.get("max_drop"):
                 report["accuracy"]["control"] = {"kept_float": fallback["kept_float"], "steps": fallback["steps"]}

@@ -10,7 +10,7 @@ import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from sdk.devices import DeviceProfile
 from sdk.core.errors import AccuracyError, ConversionError, InvalidInputsError, ParityError, SdkError, first_line
 from sdk.core.parity import compare
 from sdk.core.recipes import Config, Int8Static, Tolerance
+
+if TYPE_CHECKING:
+    from sdk.accuracy import AccuracyReport
 
 log = logging.getLogger("sdk")
 
@@ -77,7 +80,6 @@ class HeldOutEvaluator:
                for i in range(len(self.reference[0]))]
         return {"ran_on": ran_on, "samples": len(self.heldout), **compare(got, ref, {"min_cosine": -1.0})}
 
-
     def load_manifest(self, result: ConversionResult) -> dict[str, Any]:
         """What a runtime needs to load the staged file (the bundle's manifest is written only after conversion)."""
         profile = self.job.profile
@@ -114,7 +116,7 @@ def toolchain_float_layers(result: ConversionResult) -> set[str]:
 def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: Tolerance, user_tolerance: bool,
                       heldout: list[tuple], heldout_source: str,
                       max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS,
-                      accuracy: Callable[[Path, dict[str, Any]], Any] | None = None) -> ConversionResult:
+                      accuracy: Callable[[Path, dict[str, Any]], AccuracyReport] | None = None) -> ConversionResult:
     """Convert with the job's quantization config; keep the worst layers in float until a user tolerance holds
     and, with `accuracy` (accuracy control: staged file, load manifest -> AccuracyReport), until the task
     metric's drop holds on the target's runtime."""
@@ -184,14 +186,14 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
                                      if weight_only_artifact(result) else ""),
                         "layers_measured": len(sensitivity), "worst": sensitivity[:TOP_OFFENDERS]},
         "fallback": {"tolerance": tolerance.to_dict() if user_tolerance else None,
-                     "max_drop": str(metric.max_drop) if metric is not None and metric.max_drop else None,
+                     "max_drop": metric.max_drop if accuracy else None,
                      "kept_float": keep, "steps": steps, "could_not_exclude": unexcludable},
         "quantizable_layers": len(quantizable_layers(job.model)),
     })
     floats = {entry["name"]: entry for entry in report.get("float_layers", [])}
+    goal = "max_drop" if accuracy else "the tolerance"
     for name in keep:  # the converter saw these as requested; say who requested them and why
-        floats[name] = {"name": name, "reason": "kept in float by the fallback to meet "
-                        + ("max_drop" if metric is not None and metric.max_drop else "the tolerance")}
+        floats[name] = {"name": name, "reason": f"kept in float by the fallback to meet {goal}"}
     report["float_layers"] = list(floats.values())
     result.quantization = report
     return result
@@ -203,7 +205,7 @@ def _misses(parity: dict[str, Any], tolerance: Tolerance) -> list[str]:
     return [msg for o in parity["outputs"] for msg in failures(o, tolerance.to_dict())]
 
 
-def _metric_misses(metric: Any) -> list[str]:
+def _metric_misses(metric: AccuracyReport | None) -> list[str]:
     """Accuracy control's verdict as a problem line (none when met, or when the runtime cannot run here)."""
     if metric is None or metric.passed is not False:
         return []
@@ -212,7 +214,7 @@ def _metric_misses(metric: Any) -> list[str]:
             f"{metric.allowed_drop:.4g} allowed"]
 
 
-def _drop_record(metric: Any) -> dict[str, Any]:
+def _drop_record(metric: AccuracyReport) -> dict[str, Any]:
     r = metric.result
     if r is None:
         return {"unavailable": metric.unavailable}
