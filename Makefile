@@ -31,6 +31,7 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)  ## heavy measurements on real pretrained models (not part of make test)
 	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python -m benchmarks.passes_table  # docs/passes.md's digits table, measured on this machine
+	$(BIN)/python benchmarks/labeled_accuracy.py  # top-1 / Spearman fp32 vs INT8 with intervals (docs/accuracy.md)
 	$(BIN)/python benchmarks/llm.py  # int4 LLM decode tok/s vs torch eager fp32 generate() (out/bench-llm)
 
 docs: $(STAMP)  ## build the documentation site into site/ (MkDocs Material); fails on any broken link

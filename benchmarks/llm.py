@@ -6,12 +6,15 @@ target, generated with through the agent's loop, against torch eager fp32 `gener
 The model is config-defined (`samples.tiny_llama.build(large=True)`: 12 layers, d=512, vocab 8192, random weights
 with a fixed seed): no small pretrained decoder ships inside a PyPI package this project can use, and nothing
 downloads weights. Its logits are nearly flat, so agreement and perplexity here measure fidelity to the fp32
-model, not language quality. Writes out/bench-llm/results.json and prints a markdown table.
+model, not language quality. Writes out/bench-llm/results.json and the table in docs/llm.md (`--no-docs`: print
+it only).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,8 +28,13 @@ import torch
 
 import sdk
 from benchmarks import machine
+from benchmarks.machine import replace_block, where
 from samples.tiny_llama import build, token_lists
 from sdk.agent import LocalAgent
+
+
+PAGE = ROOT / "docs" / "llm.md"
+START, END = "<!-- llm_bench: written by python benchmarks/llm.py; do not edit -->", "<!-- /llm_bench -->"
 
 
 def torch_eager(model: torch.nn.Module, prompt_len: int, new_tokens: int, vocab: int) -> dict:
@@ -51,13 +59,16 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench-llm")
     parser.add_argument("--reuse", action="store_true", help="measure bundles already in --out instead of exporting")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/llm.md's table")
     args = parser.parse_args()
+    began = datetime.datetime.now(datetime.timezone.utc)
     lens = [int(n) for n in args.prompt_lens.split(",")]
     max_seq = max(lens) + args.new_tokens
     model = build(large=True)
     vocab, params = model.config.vocab_size, sum(p.numel() for p in model.parameters())
     texts = token_lists(n=12, length=96, vocab=vocab)
-    results = {"machine": machine.describe(), "model": {"params": params, "fp32_bytes": params * 4,
+    results = {"machine": machine.describe(), "began": began.isoformat(), "new_tokens": args.new_tokens,
+               "reuse": args.reuse, "model": {"params": params, "fp32_bytes": params * 4,
                                                         "source": "config-defined, random weights (seed 0)"},
                "targets": {}}
     for target in args.targets.split(","):
@@ -79,9 +90,22 @@ def main() -> None:
                                       "quality": artifact.report["llm"].get("quality"), "bench": bench,
                                       "torch_eager_fp32": eager}
         print(target, json.dumps(results["targets"][target], default=str)[:400], flush=True)
+    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(table(results))
+    text = caption(results) + "\n\n" + table(results)
+    if not args.no_docs:
+        PAGE.write_text(replace_block(PAGE.read_text(), START, END, text, str(PAGE)))
+    print(text)
+
+
+def caption(results: dict) -> str:
+    """Where, when and under what load the table was measured (torch eager suffers most from other work)."""
+    m = results["machine"]
+    exported = "bundles exported earlier (--reuse)" if results["reuse"] else "bundles exported in this run"
+    return (f"Measured by `python benchmarks/llm.py` on {results['began'][:16].replace('T', ' ')} UTC, on {where(m)}, "
+            f"torch {m['packages']['torch']}; {exported}; {results['new_tokens']} new tokens per prompt; load "
+            f"average (1, 5, 15 min) {m['load_average']} at the start, {results['load_average_end']} at the end.")
 
 
 def table(results: dict) -> str:

@@ -55,3 +55,18 @@ def describe() -> dict[str, Any]:
         "packages": {p: _version(p) for p in PACKAGES},
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
+
+
+def where(m: dict[str, Any] | None = None) -> str:
+    """'<cpu> (<arch>, N usable logical CPUs, virtualised)': the machine part of a generated table's caption."""
+    m = m or describe()
+    return (f"{m['cpu']} ({m['machine']}, {m['usable_cpus']} usable logical CPUs"
+            f"{', virtualised' if m['virtualised'] else ''})")
+
+
+def replace_block(page: str, start: str, end: str, body: str, name: str) -> str:
+    """`page` with the text between the `start` and `end` markers replaced by `body` (a generated table's home)."""
+    if start not in page or end not in page:
+        raise ValueError(f"{name} has lost its {start} ... {end} markers: put them back around the generated block")
+    head, rest = page.split(start, 1)
+    return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import samples.digits_cnn as digits
-from benchmarks.machine import describe
+from benchmarks.machine import describe, replace_block, where
 from converters.passes import apply
 from converters.passes.metrics import count_macs, count_nonzero, count_params
 from sdk.core.recipes import Distill, LowRank, Prune
@@ -83,17 +83,13 @@ def format_table(rows: list[dict]) -> str:
 def machine_line(when: datetime.datetime, machine: dict | None = None) -> str:
     """Where and when the table was measured, read from the machine at run time."""
     m = machine or describe()
-    return (f"Measured by `python -m benchmarks.passes_table` on {when:%Y-%m-%d %H:%M} UTC, on {m['cpu']} "
-            f"({m['machine']}, {m['usable_cpus']} usable logical CPUs{', virtualised' if m['virtualised'] else ''}), "
+    return (f"Measured by `python -m benchmarks.passes_table` on {when:%Y-%m-%d %H:%M} UTC, on {where(m)}, "
             f"torch {m['packages']['torch']}, one thread.")
 
 
 def render_page(page: str, rows: list[dict], line: str) -> str:
     """`page` with its generated block replaced by the machine line and the table."""
-    if START not in page or END not in page:
-        raise ValueError(f"{PAGE} has lost its {START} ... {END} markers: put them back around the table")
-    head, rest = page.split(START, 1)
-    return f"{head}{START}\n{line}\n\n{format_table(rows)}\n{END}{rest.split(END, 1)[1]}"
+    return replace_block(page, START, END, f"{line}\n\n{format_table(rows)}", str(PAGE))
 
 
 def quoted_table(page: str) -> tuple[str, dict[str, list[str]]]:

@@ -1,7 +1,8 @@
 """Registry of converters, keyed by format name.
 
-Built-in converters live in `converters/<format>.py` and are imported only when first used, so a
-format's heavy toolchain is never loaded for another format. Third-party converters register with
+Built-in converters live in `converters/<format>/` (the registered plug-in in its `__init__`, helpers in
+submodules named for what they hold) and are imported only when first used, so a format's heavy toolchain
+is never loaded for another format. Third-party converters register with
 `converters.register` or an entry point in the `edge_sdk.converters` group.
 """
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from sdk.core.errors import first_line
+from sdk.core.results import Coverage, QuantAccount, Unavailable
 
 if TYPE_CHECKING:
     import torch
@@ -26,14 +27,13 @@ class ConversionResult:
     """What a converter wrote into its work folder.
 
     `model_file` is the file or folder a runtime loads, relative to the work folder. `coverage` says how
-    much of the graph runs on the target's accelerated path (None with `coverage_reason` where the
-    toolchain cannot tell). `quantization` is the converter's account of what it quantized.
+    much of the graph runs on the target's accelerated path, or why the host cannot tell. `quantization` is
+    the converter's account of what the file stores (None for an fp32 file).
     """
 
     model_file: str
-    coverage: dict[str, Any] | None = None
-    coverage_reason: str | None = None
-    quantization: dict[str, Any] | None = None
+    coverage: Coverage | Unavailable = Unavailable("the converter reports no coverage")
+    quantization: QuantAccount | None = None
     notes: list[str] = field(default_factory=list)
     #: what the runtime must know that differs from the profile's [converter] table (e.g. the real ONNX opset)
     runtime_options: dict[str, Any] = field(default_factory=dict)

@@ -13,14 +13,15 @@ and the same invariants on what the saved file stores:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from sdk.core.errors import ConversionError, InternalError, ProfileError, SdkError, UnsupportedRecipeError
 
 if TYPE_CHECKING:
     from converters.base import ConversionJob, ConversionResult, Converter
     from sdk.core.recipes import Config
+    from sdk.core.results import QuantAccount
     from sdk.devices import DeviceProfile
 
 __all__ = ["check_account", "check_keep_float", "check_target", "convert", "kept_by", "kept_reason", "stage",
@@ -53,7 +54,7 @@ def convert(converter: Converter, job: ConversionJob) -> ConversionResult:
     except Exception as exc:  # a toolchain failure the plug-in did not classify
         raise translate(exc, converter, job) from exc
     if job.precision.quantizes:
-        check_account(job, result.quantization or {})
+        check_account(job, result.quantization)
     return result
 
 
@@ -81,16 +82,16 @@ def check_keep_float(converter: Converter, job: ConversionJob) -> None:
                               hint="use qualified names as model.named_modules() lists them")
 
 
-def check_account(job: ConversionJob, account: Mapping[str, Any]) -> None:
+def check_account(job: ConversionJob, account: QuantAccount | None) -> None:
     """The invariants on what the saved file stores, from the plug-in's read-back account."""
-    quantized = list(account.get("quantized_layers", []))
+    quantized = account.quantized_layers if account else []
     leaked = [layer for layer in quantized if kept_by(layer, job.keep_float) is not None]
     if leaked:
         raise InternalError(f"{job.profile.format} conversion for device {job.profile.id!r}: layer(s) "
                             f"{', '.join(leaked)} were to stay float, but the saved file stores their weights "
                             "quantized. Please report this with the model; meanwhile use 'fp16'")
     if not quantized:
-        reasons = "; ".join(sorted({entry["reason"] for entry in account.get("float_layers", [])})[:3])
+        reasons = "; ".join(sorted({entry.reason for entry in account.float_layers} if account else set())[:3])
         raise ConversionError(f"{job.precision} quantized no layer of this model ({reasons or 'none reported'})",
                               fmt=job.profile.format, device=job.profile.id,
                               hint="use a precision these layers take (int8 quantizes convolutions and linears on "

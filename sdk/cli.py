@@ -338,8 +338,8 @@ def inspect_cmd(path: Path = typer.Argument(..., help="Bundle folder, e.g. out/a
         row = _summary_row(r, path)
         table.add_row("parity", row[3])
         table.add_row("host latency p50", row[4])
-        cov = r.get("coverage")
-        table.add_row("coverage", _coverage_table(cov) if cov else f"unknown: {r.get('coverage_reason')}")
+        cov = r.get("coverage") or {"unavailable": "the converter does not say"}
+        table.add_row("coverage", f"unknown: {cov['unavailable']}" if "unavailable" in cov else _coverage_table(cov))
         if (path / "report.html").is_file():
             table.add_row("report", f"{path / 'report.html'} (plots: latency, sensitivity, coverage, size)")
         table.add_row("verdict", f"{r['verdict']['status']}: " + ", ".join(f"{k}={v}" for k, v in r["verdict"]["checks"].items()))
@@ -349,17 +349,15 @@ def inspect_cmd(path: Path = typer.Argument(..., help="Bundle folder, e.g. out/a
 def _coverage_table(cov: dict) -> Table:
     """Delegate coverage as rows: what ran on the delegate, then each op that fell back with its count and reason."""
     table = Table(show_header=True, box=None, pad_edge=False)
-    for col in ("where", "nodes", "why"):
+    for col in ("where", cov.get("unit", "nodes"), "why"):
         table.add_column(col)
-    table.add_row(", ".join(cov.get("delegates") or []) or "delegate", str(cov.get("delegated_nodes", "-")),
-                  f"{cov['delegated_fraction']:.1%} of the graph" if "delegated_fraction" in cov else "")
-    reasons = cov.get("non_delegated_reasons") or {}
-    for op, n in sorted((cov.get("non_delegated_ops") or {}).items(), key=lambda kv: -kv[1]):
+    table.add_row(str(cov.get("delegate")), f"{cov.get('delegated')} of {cov.get('total')}",
+                  f"{cov.get('fraction', 0):.1%} of the graph")
+    reasons = cov.get("reasons") or {}
+    for op, n in sorted((cov.get("not_delegated") or {}).items(), key=lambda kv: -kv[1]):
         table.add_row(f"fell back: {op}", str(n), str(reasons.get(op, "")))
-    for key, value in cov.items():
-        if key not in ("delegates", "delegated_nodes", "delegated_fraction", "non_delegated_ops",
-                       "non_delegated_reasons", "non_delegated_nodes"):
-            table.add_row(key.replace("_", " "), str(value), "")
+    for key, value in (cov.get("details") or {}).items():
+        table.add_row(key.replace("_", " "), str(value), "")
     return table
 
 

@@ -98,8 +98,9 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     eval_data = accuracy_check.inputs if accuracy_check else eval_data  # read once: it may be a one-shot iterator
     evaluation = _materialize_calibration(eval_data, inputs, "eval_data")
     quantizing = plan.precision.quantizes
-    if quantizing:  # fail early, before any long pass, if static INT8 has no calibration data
-        quantization.split_calibration(plan.precision, calib, evaluation, inputs, profile)
+    if quantizing:  # fail early, before any long pass, if static INT8 has no calibration data; warn if it has few
+        calibrated, _, _ = quantization.split_calibration(plan.precision, calib, evaluation, inputs, profile)
+        quantization.warn_small_calibration(plan.precision, calibrated or [], len(calib or []), profile)
 
     model_info = {"params": count_params(original), "macs": count_macs(original, inputs)}
     timings: dict[str, float] = {}
@@ -124,6 +125,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
                             input_names=[f"in_{i}" for i in range(len(inputs))],
                             output_names=[f"out_{i}" for i in range(len(reference_out))], calibration=calib)
         controlled: list[accuracy.AccuracyReport] = []  # accuracy control's measurements; the last is the file's
+        quant_control = None  # what the quantization driver measured (held-out parity, sensitivity, fallback)
         if quantizing:
             job.calibration, heldout, source = quantization.split_calibration(plan.precision, calib, evaluation,
                                                                               inputs, profile)
@@ -132,8 +134,9 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
                 def control(path: Path, load_manifest: dict[str, Any]) -> accuracy.AccuracyReport:
                     controlled.append(accuracy_check.measure_file(path, load_manifest, original))
                     return controlled[-1]
-            result = quantization.convert_quantized(converter, job, tolerance=tol, user_tolerance=tolerance is not None,
-                                                    heldout=heldout, heldout_source=source, accuracy=control)
+            result, quant_control = quantization.convert_quantized(
+                converter, job, tolerance=tol, user_tolerance=tolerance is not None, heldout=heldout,
+                heldout_source=source, accuracy=control)
         else:
             result = converter.convert(job)
         timings["convert_s"] = time.perf_counter() - t0
@@ -155,7 +158,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
 
         artifact = load_artifact(writer.staging)
         report = build_report(profile=profile, plan=plan, manifest=manifest, artifact=artifact, model_info=model_info,
-                              conversion=result, validation=validation, passes=passes_report, timings=timings)
+                              conversion=result, quant_control=quant_control, validation=validation,
+                              passes=passes_report, timings=timings)
         parity = report["parity"]
         if parity.get("passed") is False:
             raise ParityError(explain.parity_failure(report, user_tolerance=tolerance is not None), parity)

@@ -22,6 +22,7 @@ from sdk.devices import DeviceProfile
 from sdk.core.errors import AccuracyError, ConversionError, InvalidInputsError, ParityError, SdkError, first_line
 from sdk.core.parity import compare
 from sdk.core.recipes import Config, Int8Static, Tolerance
+from sdk.core.results import FloatLayer
 
 if TYPE_CHECKING:
     from sdk.accuracy import AccuracyReport
@@ -32,6 +33,8 @@ HOLDOUT_FRACTION = 0.2
 MAX_SENSITIVITY_SAMPLES = 16
 TOP_OFFENDERS = 10
 DEFAULT_MAX_FALLBACK_LAYERS = 8
+#: NNCF's default calibration `subset_size`; fewer samples set activation ranges less reliably
+MIN_CALIBRATION_SAMPLES = 300
 
 
 def split_calibration(config: Config, calibration: list[tuple] | None, eval_data: list[tuple] | None,
@@ -54,6 +57,19 @@ def split_calibration(config: Config, calibration: list[tuple] | None, eval_data
     return calibration, [example_inputs], "example_inputs only (no calibration data given)"
 
 
+def warn_small_calibration(config: Config, calibrated: list[tuple], given: int, profile: DeviceProfile) -> None:
+    """Log a warning when static INT8 sets its activation ranges on fewer than MIN_CALIBRATION_SAMPLES samples
+    (`calibrated`: what the quantizer gets after `split_calibration`; `given`: what the user passed)."""
+    if config.activations != "int8-static" or len(calibrated) >= MIN_CALIBRATION_SAMPLES:
+        return
+    held = given - len(calibrated)
+    log.warning("%s: static INT8 is calibrated on %d samples (%d given%s), fewer than %d (NNCF's default subset); "
+                "its activation ranges may miss the data and accuracy may suffer: pass at least %d calibration "
+                "samples", profile.id, len(calibrated), given,
+                f", the last {held} held out for checks; eval_data= checks on other data instead" if held else "",
+                MIN_CALIBRATION_SAMPLES, MIN_CALIBRATION_SAMPLES)
+
+
 class HeldOutEvaluator:
     """Runs a staged model file on held-out inputs with the host runtime, or simulates when none exists."""
 
@@ -66,7 +82,7 @@ class HeldOutEvaluator:
 
     def __call__(self, result: ConversionResult, keep_float: frozenset[str]) -> dict[str, Any]:
         if self.unavailable:
-            weight_only = weight_only_artifact(result)
+            weight_only = result.quantization.weight_only
             skip = set(keep_float) | toolchain_float_layers(result)  # simulate what the artifact holds
             outputs = [[t.numpy() for t in o] for o in simulate(self.job.model, self.job.precision, self.calibration,
                                                                self.heldout, skip, weight_only)]
@@ -103,23 +119,22 @@ class HeldOutEvaluator:
                                   "model if the runtime should take it") from exc
 
 
-def weight_only_artifact(result: ConversionResult) -> bool:
-    """True when the converter says activations stayed in float (weight-only quantization)."""
-    return str((result.quantization or {}).get("activations", "")).startswith("float")
-
-
 def toolchain_float_layers(result: ConversionResult) -> set[str]:
     """Layers the converter reports as left in float (skipped by the toolchain or requested)."""
-    return {entry["name"] for entry in (result.quantization or {}).get("float_layers", [])}
+    return {layer.name for layer in result.quantization.float_layers}
 
 
 def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: Tolerance, user_tolerance: bool,
                       heldout: list[tuple], heldout_source: str,
                       max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS,
-                      accuracy: Callable[[Path, dict[str, Any]], AccuracyReport] | None = None) -> ConversionResult:
+                      accuracy: Callable[[Path, dict[str, Any]], AccuracyReport] | None = None,
+                      ) -> tuple[ConversionResult, dict[str, Any]]:
     """Convert with the job's quantization config; keep the worst layers in float until a user tolerance holds
     and, with `accuracy` (accuracy control: staged file, load manifest -> AccuracyReport), until the task
-    metric's drop holds on the target's runtime."""
+    metric's drop holds on the target's runtime.
+
+    Returns the last conversion (its account names the fallback's layers) and what this control measured
+    (held-out parity, sensitivity, the fallback's steps), which the report adds beside the account."""
     config = job.precision
     calib = job.calibration or [job.example_inputs]
     evaluate = HeldOutEvaluator(job, heldout, job.calibration)
@@ -152,7 +167,7 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
                 log.info("measuring per-layer sensitivity to %s", config)
                 sensitivity = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES],
                                                 heldout[:MAX_SENSITIVITY_SAMPLES],
-                                                weight_only=weight_only_artifact(result))
+                                                weight_only=result.quantization.weight_only)
             if not blocking:
                 break
         skip = set(keep) | set(unexcludable) | toolchain_float_layers(result)
@@ -176,27 +191,25 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
                 "or a looser tolerance.", {"steps": steps, "unexcludable": unexcludable})
         keep.append(remaining[0])
 
-    report = dict(result.quantization or {})
-    report.update({
+    account = result.quantization
+    floats = {entry.name: entry for entry in account.float_layers}
+    goal = "max_drop" if accuracy else "the tolerance"
+    for name in keep:  # the converter saw these as requested; say who requested them and why
+        floats[name] = FloatLayer(name, f"kept in float by the fallback to meet {goal}")
+    result.quantization = replace(account, float_layers=list(floats.values()))
+    return result, {
         "config": config.to_string(),
         "heldout": {"source": heldout_source, **parity},
         "sensitivity": {"method": "torch fake-quant of the same scheme, one layer at a time; sorted by model-output "
                                   "SQNR"
                                   + (" (weights only, as the artifact keeps activations in float)"
-                                     if weight_only_artifact(result) else ""),
+                                     if account.weight_only else ""),
                         "layers_measured": len(sensitivity), "worst": sensitivity[:TOP_OFFENDERS]},
         "fallback": {"tolerance": tolerance.to_dict() if user_tolerance else None,
                      "max_drop": metric.max_drop if accuracy else None,
                      "kept_float": keep, "steps": steps, "could_not_exclude": unexcludable},
         "quantizable_layers": len(quantizable_layers(job.model)),
-    })
-    floats = {entry["name"]: entry for entry in report.get("float_layers", [])}
-    goal = "max_drop" if accuracy else "the tolerance"
-    for name in keep:  # the converter saw these as requested; say who requested them and why
-        floats[name] = {"name": name, "reason": f"kept in float by the fallback to meet {goal}"}
-    report["float_layers"] = list(floats.values())
-    result.quantization = report
-    return result
+    }
 
 
 def _misses(parity: dict[str, Any], tolerance: Tolerance) -> list[str]:

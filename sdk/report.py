@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
+from sdk.core.results import to_dict
 from sdk.version import __version__
 
 if TYPE_CHECKING:
@@ -13,8 +14,11 @@ if TYPE_CHECKING:
 
 
 def build_report(*, profile: "DeviceProfile", plan: "Recipe", manifest: Mapping[str, Any], artifact: "Artifact",
-                 model_info: Mapping[str, Any], conversion: "ConversionResult", validation: Mapping[str, Any],
+                 model_info: Mapping[str, Any], conversion: "ConversionResult",
+                 quant_control: Mapping[str, Any] | None, validation: Mapping[str, Any],
                  passes: Mapping[str, Any] | None, timings: Mapping[str, float]) -> dict[str, Any]:
+    """The report as JSON: the converter's typed results through `to_dict` (coverage: a Coverage's fields or
+    {"unavailable": reason}), the quantization account with what accuracy control measured beside it."""
     params = model_info.get("params_after_passes", model_info["params"])
     macs = model_info.get("macs_after_passes", model_info["macs"])
     size = artifact.size_bytes
@@ -29,9 +33,9 @@ def build_report(*, profile: "DeviceProfile", plan: "Recipe", manifest: Mapping[
         "model": dict(model_info),
         "artifact": {"model_file": manifest["model_file"], "size_bytes": size,
                      "size_vs_fp32_params": round(size / fp32_bytes, 4) if fp32_bytes else None},
-        "coverage": conversion.coverage,
-        "coverage_reason": conversion.coverage_reason if conversion.coverage is None else None,
-        "quantization": conversion.quantization,
+        "coverage": to_dict(conversion.coverage),
+        "quantization": None if conversion.quantization is None
+        else {**to_dict(conversion.quantization), **(quant_control or {})},
         "passes": passes,
         "parity": _parity(validation),
         **_measurements(validation),

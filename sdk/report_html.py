@@ -182,7 +182,7 @@ def _latency(report: Mapping[str, Any], plots: bool) -> str:
 def _sensitivity(report: Mapping[str, Any], plots: bool) -> str:
     q = report.get("quantization") or {}
     out = ["<h2>Quantization: per-layer sensitivity and what stayed in float</h2>"]
-    scheme = q.get("scheme") or q.get("method")
+    scheme = q.get("scheme")
     if scheme:
         out.append(f"<p>{escape(scheme)}</p>")
     fallback = q.get("fallback") or {}
@@ -209,31 +209,26 @@ def _sensitivity(report: Mapping[str, Any], plots: bool) -> str:
 
 
 def _coverage(report: Mapping[str, Any], plots: bool) -> str:
-    cov = report.get("coverage")
+    cov = report.get("coverage") or {"unavailable": "the converter does not say"}
     out = ["<h2>Delegate coverage</h2>"]
-    if not cov:
-        reason = report.get("coverage_reason") or "the converter does not say"
-        return out[0] + f'<p class="note">unknown: {escape(reason)}</p>'
-    fraction = cov.get("delegated_fraction")
-    out.append(f"<p>{_num(cov.get('delegated_nodes'))} of "
-               f"{_num((cov.get('delegated_nodes') or 0) + (cov.get('non_delegated_nodes') or 0))} nodes on "
-               f"{escape(', '.join(cov.get('delegates') or []) or 'the accelerated path')}"
-               + (f" ({fraction:.1%})" if isinstance(fraction, float) else "") + "</p>")
-    fell_back = cov.get("non_delegated_ops") or {}
-    reasons = cov.get("non_delegated_reasons") or {}
+    if "unavailable" in cov:
+        return out[0] + f'<p class="note">unknown: {escape(cov["unavailable"])}</p>'
+    unit = cov.get("unit", "nodes")
+    out.append(f"<p>{_num(cov.get('delegated'))} of {_num(cov.get('total'))} {escape(unit)} on "
+               f"{escape(cov.get('delegate'))} ({cov.get('fraction', 0):.1%})</p>")
+    fell_back = cov.get("not_delegated") or {}
+    reasons = cov.get("reasons") or {}
     if fell_back:
         by_count = sorted(fell_back.items(), key=lambda kv: -kv[1])
         rows = [[escape(op), escape(n), escape(reasons.get(op, ""))] for op, n in by_count]
-        out.append(table(rows, ["op that fell back", "nodes", "why"]))
+        out.append(table(rows, ["op that fell back", escape(unit), "why"]))
         if plots:
-            out.append(img(bar_figure(list(fell_back), list(fell_back.values()), "nodes outside the delegate"),
+            out.append(img(bar_figure(list(fell_back), list(fell_back.values()), f"{unit} outside the delegate"),
                             "fallback ops"))
     else:
         out.append("<p>nothing fell back</p>")
-    other = {k: v for k, v in cov.items() if k not in ("delegated_nodes", "non_delegated_nodes", "delegated_fraction",
-                                                        "non_delegated_ops", "non_delegated_reasons", "delegates")}
-    if other:
-        out.append(table([[escape(k), escape(v)] for k, v in other.items()]))
+    if cov.get("details"):
+        out.append(table([[escape(k), escape(v)] for k, v in cov["details"].items()]))
     return "".join(out)
 
 

@@ -87,3 +87,25 @@ def test_headline_is_the_fastest_recipe_that_clears_the_bar():
     rows = [row("fp32", 10.0, 1.0), row("int8", 4.0, 0.99), row("int4", 3.0, 0.5)]
     assert headline(rows, "top1") == (rows[1], True)
     assert headline([rows[0] | {"agreement": {"metric": "top1", "value": 0.2}}, rows[2]], "top1")[1] is False
+
+
+def test_labeled_accuracy_rows_carry_intervals_and_control(tmp_path):
+    """benchmarks/labeled_accuracy.py's row on a tiny labeled model: a real INT8 export measured with the metric,
+    rendered with both intervals and the paired drop; an error row says its error."""
+    from benchmarks import labeled_accuracy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4)).eval()
+    images = [torch.randn(1, 3, 16, 16) for _ in range(40)]
+    with torch.no_grad():
+        labeled = [(x, int(model(x).argmax())) for x in images[:24]]  # labels the fp32 model gets right
+    row = labeled_accuracy.measure(model, "intel-cpu", labeled, "top1", [(x,) for x in images[24:]], 0.5)
+    a = row["accuracy"]
+    assert a["n"] == 24 and a["fp32"]["value"] == 1.0 and a["passed"] is True
+    text = labeled_accuracy.table([{"model": "tiny", "device": "intel-cpu", "metric": "top1", **row},
+                                   {"model": "tiny", "device": "jetson", "metric": "top1",
+                                    "accuracy": {"error": "ConversionError: no"}}])
+    lines = text.splitlines()
+    assert lines[2].startswith("| tiny | intel-cpu | top1 (%) | 24 | 100.0 [") and "| yes |" in lines[2]
+    assert "error: ConversionError: no" in lines[3]

@@ -14,15 +14,17 @@ import torch
 import sdk
 
 ROOT = Path(__file__).resolve().parents[1]
-#: a model whose capture for export takes 60 s, so Ctrl-C lands while the bundle is being staged
+#: a model whose capture for export (TorchScript tracing or torch.export, whichever the exporter uses) takes 60 s
+#: and says when it starts, so the test's Ctrl-C lands while the bundle is being staged however busy the machine is
 SLOW_TO_CAPTURE = '''
-import time, torch
+import pathlib, time, torch
 class Slow(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = torch.nn.Linear(4, 2)
     def forward(self, x):
-        if torch.compiler.is_exporting():
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            pathlib.Path("capturing").touch()
             time.sleep(60)
         return self.fc(x)
 def build():
@@ -44,9 +46,10 @@ def test_ctrl_c_says_nothing_was_written_and_leaves_nothing(tmp_path):
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
-        while not list((tmp_path / "out").glob(".jetson-orin-nano.partial-*")):
+        while not (tmp_path / "capturing").exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
+        assert list((tmp_path / "out").glob(".jetson-orin-nano.partial-*"))  # the capture runs while staging
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:

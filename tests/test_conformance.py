@@ -111,8 +111,8 @@ def test_unconvertible_op_error_names_the_op(fmt, tmp_path):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_keep_float_is_honoured(fmt, convnet, tmp_path):
     account = _int8(convnet, fmt, tmp_path, frozenset({"fc"})).quantization
-    assert "fc" not in account["quantized_layers"] and account["quantized_layers"]
-    reasons = {entry["name"]: entry["reason"] for entry in account["float_layers"]}
+    assert "fc" not in account.quantized_layers and account.quantized_layers
+    reasons = {entry.name: entry.reason for entry in account.float_layers}
     assert reasons["fc"].startswith("kept in float on request")
 
 

@@ -20,6 +20,7 @@ from sdk.core.readers.coreml import spec_summary  # noqa: E402
 from converters.base import ConversionJob  # noqa: E402
 from sdk import devices, recipes  # noqa: E402
 from sdk.core.errors import ConversionError, ProfileError  # noqa: E402
+from sdk.core.results import Unavailable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,10 +92,11 @@ def test_batchnorm_is_folded_into_conv(cnn):
 
 def test_result_reports_no_coverage_with_reason_and_op_histogram(cnn):
     precision, result, spec, _ = cnn
-    assert result.coverage is None and "MLComputePlan" in result.coverage_reason
+    assert isinstance(result.coverage, Unavailable) and "MLComputePlan" in result.coverage.reason
     assert any("conv x1" in note and "linear x1" in note for note in result.notes)
     if precision == "fp16":
-        assert result.quantization["weight_dtypes"] == spec["weight_dtypes"]
+        assert set(result.quantization.weight_dtypes) == set(spec["weight_dtypes"])  # tensors vs elements, by dtype
+        assert result.quantization.activations == "float16"
     else:
         assert result.quantization is None
 

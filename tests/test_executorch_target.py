@@ -77,19 +77,19 @@ def test_cnn_matches_torch_and_is_delegated(cnn_fp32):
     parity = compare(cnn_fp32.got, cnn_fp32.ref, {"min_cosine": 0.9999})
     assert parity["passed"], parity["failures"]
     cov = cnn_fp32.result.coverage
-    assert cov["delegates"] == ["XnnpackBackend"]
-    assert cov["delegated_fraction"] > 0.9
-    assert cov["delegated_nodes"] == 5 and cov["non_delegated_ops"] == {}  # conv, BN, ReLU, view, linear
-    assert cov["delegated_subgraphs"] == 1
+    assert cov.delegate == "XnnpackBackend" and cov.unit == "nodes"
+    assert cov.fraction > 0.9
+    assert cov.delegated == 5 and cov.not_delegated == {}  # conv, BN, ReLU, view, linear
+    assert cov.details["delegated_subgraphs"] == 1
 
 
 def test_refused_op_comes_with_xnnpack_reason(tmp_path):
     run = _convert_and_run(MeanPoolCNN().eval(), (torch.randn(1, 3, 8, 8),), tmp_path)
     assert compare(run.got, run.ref, {"min_cosine": 0.9999})["passed"]
     cov = run.result.coverage
-    assert cov["non_delegated_ops"] == {"aten_mean_dim": 1}
-    assert "keepdim" in cov["non_delegated_reasons"]["aten_mean_dim"]
-    assert cov["delegated_subgraphs"] == 2 and cov["delegated_fraction"] == 0.75  # conv, ReLU, linear | mean
+    assert cov.not_delegated == {"aten_mean_dim": 1}
+    assert "keepdim" in cov.reasons["aten_mean_dim"]
+    assert cov.details["delegated_subgraphs"] == 2 and cov.fraction == 0.75  # conv, ReLU, linear | mean
 
 
 def test_session_reports_runtime_and_refuses_wrong_inputs(cnn_fp32):
@@ -117,8 +117,11 @@ def test_fp16_runs_in_half_with_float32_io(small_cnn, cnn_fp32, tmp_path):
     assert parity["passed"], parity["failures"]
     assert parity["outputs"][0]["sqnr_db"] < 90  # fp16 rounding shows (fp32 gives ~130 dB): not silently fp32
     # the fp32 <-> fp16 casts at the program's boundary are the only ops left out of XNNPACK
-    assert run.result.coverage["non_delegated_ops"] == {"dim_order_ops__to_dim_order_copy_default": 2}
-    assert run.result.quantization["weights"] == "float16"
+    assert run.result.coverage.not_delegated == {"dim_order_ops__to_dim_order_copy_default": 2}
+    assert run.result.quantization.activations == "float16" and run.result.quantization.weight_only
+    # read back from the XNNPACK payloads: the linear's weight is fp16; the conv's, with the BatchNorm that
+    # XNNPACK's FuseBatchNormPass folds into it, is stored fp32
+    assert run.result.quantization.weight_dtypes == {"fp16": 1, "fp32": 1}
     assert run.path.stat().st_size < 0.7 * cnn_fp32.path.stat().st_size  # the 5k linear weights are stored in fp16
 
 

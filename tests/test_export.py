@@ -68,12 +68,12 @@ def test_fp32_parity_is_tight(fp32_exports):
 def test_report_has_sizes_coverage_roofline_and_verdict(default_exports):
     rep = default_exports["android-arm64"].report
     assert rep["artifact"]["size_bytes"] > 0 and rep["model"]["macs"] > 0
-    assert rep["coverage"]["delegated_fraction"] > 0.5
+    assert rep["coverage"]["fraction"] > 0.5 and rep["coverage"]["delegate"] == "XnnpackBackend"
     assert rep["roofline"]["bound_ms"] > 0
     assert rep["verdict"]["checks"]["parity"] is True
     assert rep["validation"]["latency_ms"]["p50"] > 0
     jetson = default_exports["jetson-orin-nano"].report
-    assert jetson["coverage"] is None and "TensorRT" in jetson["coverage_reason"]
+    assert "TensorRT" in jetson["coverage"]["unavailable"]
 
 
 def test_multi_input_multi_output(two_in_two_out, two_inputs, out_dir):

@@ -83,11 +83,12 @@ def test_cnn_fp32_matches_torch_and_runs_on_xnnpack(cnn_fp32):
     assert parity["passed"], parity["failures"]
     assert result.model_file == "model.tflite" and result.quantization is None
     cov = result.coverage
-    assert cov["op_types"]["CONV_2D"] == 1 and cov["op_types"]["FULLY_CONNECTED"] == 1
-    assert not any("BATCH" in op for op in cov["op_types"])  # folded into the convolution
-    assert cov["delegated_ops"] == cov["ops"] and cov["fraction"] == 1.0 and cov["not_delegated"] == {}
+    op_types = cov.details["op_types"]
+    assert op_types["CONV_2D"] == 1 and op_types["FULLY_CONNECTED"] == 1
+    assert not any("BATCH" in op for op in op_types)  # folded into the convolution
+    assert cov.delegated == cov.total and cov.fraction == 1.0 and cov.not_delegated == {} and cov.unit == "ops"
     assert session.ran_on.startswith("ai_edge_litert ")
-    assert f"XNNPACK delegate on {cov['ops']}/{cov['ops']} ops" in session.ran_on
+    assert f"XNNPACK delegate on {cov.total}/{cov.total} ops" in session.ran_on
 
 
 def test_fp16_halves_the_weights_and_stays_close(cnn_fp32, cnn_fp16):
@@ -95,8 +96,8 @@ def test_fp16_halves_the_weights_and_stays_close(cnn_fp32, cnn_fp16):
     parity = compare(session.run(inputs), ref, {"min_cosine": 0.999})
     assert parity["passed"], parity["failures"]
     assert parity["outputs"][0]["max_abs_err"] > 0  # the weights really were rounded to float16
-    assert result.quantization["weights"] == "float16"
-    assert result.coverage["op_types"]["DEQUANTIZE"] == 2 and result.coverage["not_delegated"] == {}
+    assert result.quantization.weight_dtypes == {"fp16": 2} and result.quantization.activations == "float32"
+    assert result.coverage.details["op_types"]["DEQUANTIZE"] == 2 and result.coverage.not_delegated == {}
     assert path.stat().st_size < 0.7 * cnn_fp32[4].stat().st_size
 
 
@@ -128,8 +129,8 @@ def test_coverage_counts_ops_left_outside_xnnpack(tmp_path):
     torch.manual_seed(4)
     result, session, np_inputs, ref, _ = _export(PartlyDelegated().eval(), (torch.randn(2, 8),), tmp_path)
     cov = result.coverage
-    assert (cov["ops"], cov["delegated_ops"], cov["fraction"]) == (5, 3, 0.6)
-    assert cov["not_delegated"] == {"CUMSUM": 1, "ARG_MAX": 1}
+    assert (cov.total, cov.delegated, cov.fraction) == (5, 3, 0.6)
+    assert cov.not_delegated == {"CUMSUM": 1, "ARG_MAX": 1}
     assert "XNNPACK delegate on 3/5 ops" in session.ran_on
     logits, index = session.run(np_inputs)
     assert compare([logits], ref[:1], {"min_cosine": 0.9999})["passed"]

@@ -21,10 +21,11 @@ ort = pytest.importorskip("onnxruntime")
 
 import backends  # noqa: E402
 import converters  # noqa: E402
-import converters.onnx as onnx_converter  # noqa: E402
+import converters.onnx.export as onnx_export  # noqa: E402
 from backends.base import InputMismatchError  # noqa: E402
 from sdk import devices, parity, recipes  # noqa: E402
 from sdk.core.errors import ConversionError, ProfileError  # noqa: E402
+from sdk.core.results import Unavailable  # noqa: E402
 
 HAS_TENSORRT_EP = "TensorrtExecutionProvider" in ort.get_available_providers()
 
@@ -96,7 +97,8 @@ def test_fp16_keeps_fp32_onnx_and_asks_tensorrt_for_fp16(cnn):
     weights = {init.data_type for init in cnn["graph"].graph.initializer if len(init.dims) >= 2}
     assert weights == {onnx.TensorProto.FLOAT}
     if cnn["recipe"] == "fp16":
-        assert cnn["result"].quantization["engine"] == "fp16"
+        account = cnn["result"].quantization
+        assert account.activations == "float16" and set(account.weight_dtypes) == {"fp32"}
         assert "fp16" in cnn["session"].ran_on
     else:
         assert cnn["result"].quantization is None
@@ -108,7 +110,8 @@ def test_tensorrt_runtime_says_what_stood_in(cnn):
     ran_on = cnn["session"].ran_on
     assert ran_on.startswith(f"onnxruntime {ort.__version__} CPUExecutionProvider (stand-in for TensorRT")
     assert ("fp16 engine precision is not applied" in ran_on) == (cnn["recipe"] == "fp16")
-    assert cnn["result"].coverage is None and "runtime" in cnn["result"].coverage_reason
+    coverage = cnn["result"].coverage
+    assert isinstance(coverage, Unavailable) and "runtime" in coverage.reason
 
 
 def test_two_inputs_tuple_outputs_keep_order_and_shapes(two_out):
@@ -149,7 +152,7 @@ def test_plain_onnxruntime_runtime_and_num_threads(tiny_cnn, tiny_input, tmp_pat
 
 
 def test_weights_over_the_inline_limit_go_to_one_data_file(tiny_cnn, tiny_input, tmp_path, monkeypatch):
-    monkeypatch.setattr(onnx_converter, "INLINE_LIMIT_BYTES", 0)
+    monkeypatch.setattr(onnx_export, "INLINE_LIMIT_BYTES", 0)
     case = run_case(tiny_cnn, tiny_input, profile_with(17), "fp32", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
     assert case["parity"]["passed"]

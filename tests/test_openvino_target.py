@@ -18,6 +18,7 @@ import backends  # noqa: E402
 import converters  # noqa: E402
 from backends.base import InputMismatchError  # noqa: E402
 from sdk import devices, parity  # noqa: E402
+from sdk.core.results import Unavailable  # noqa: E402
 
 
 def convert(model: nn.Module, inputs: tuple, device: str, recipe: str | None, workdir: Path, n_out: int):
@@ -82,12 +83,11 @@ def test_ir_has_sdk_names_and_static_shapes(cnn, tiny_input):
 def test_coverage_on_cpu_and_absent_npu(cnn):
     result = cnn["result"]
     if cnn["device"] == "intel-cpu":
-        assert result.coverage["device"] == "CPU" and result.coverage["unsupported_ops"] == []
-        assert result.coverage["supported_ops"] == result.coverage["total_ops"] > 0
-        assert result.coverage_reason is None
+        assert result.coverage.delegate == "OpenVINO CPU plugin" and result.coverage.not_delegated == {}
+        assert result.coverage.delegated == result.coverage.total > 0 and result.coverage.fraction == 1.0
     else:
-        assert result.coverage is None
-        assert "no NPU on this host" in result.coverage_reason
+        assert isinstance(result.coverage, Unavailable)
+        assert "no NPU on this host" in result.coverage.reason
 
 
 def test_npu_profile_falls_back_to_cpu_and_says_so(cnn):

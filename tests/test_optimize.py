@@ -11,6 +11,7 @@ import pytest
 import sdk
 from samples import digits_cnn
 from sdk.core.errors import UserInputError
+from sdk.core.recipes import parse
 from sdk.optimizer import Unavailable
 
 CONSTRAINTS = {"size_mb": 1.0}
@@ -60,7 +61,7 @@ def test_resumed_study_keeps_earlier_trials(searches):
     first, resumed = searches
     assert (first.cost.trials_in_study, resumed.cost.trials_in_study, resumed.cost.trials_this_run) == (1, 2, 1)
     pruned = first.candidates[0]
-    assert pruned.recipe == ("prune:0.5", "distill:2", "fp32") and pruned.status == "rejected"
+    assert pruned.recipe == ("prune:0.5", "distill:2:30m", "fp32") and pruned.status == "rejected"
     assert "pruned before device time" in pruned.reason and first.cost.rejected_before_device == 1
     assert [c.recipe for c in resumed.candidates] == [pruned.recipe, ("int8",)]
     earlier = {c.trial: c.recipe for c in first.candidates}
@@ -100,7 +101,8 @@ def test_space_proposes_passes_only_when_training_is_allowed():
     assert "int8: needs calibration" in notes and "palettize: listed by apple-ane but not supported" in notes
     assert plain.passes == ("none",) and "distill_steps is 0" in notes
     supported = frozenset({"fp32", "fp16", "int8", "int8-dynamic", "palettize"})
-    trained = space_for(profile, supported, sdk.Budget(distill_steps=50), has_calibration=True)
+    trained = space_for(profile, supported, sdk.Budget(minutes=5, distill_steps=50), has_calibration=True)
     assert trained.precisions == ("fp32", "fp16", "int8", "int8-dynamic", "palettize:4", "palettize:6", "palettize:8")
     assert "lowrank:0.5" in trained.passes
-    assert trained.recipe("int8", "lowrank:0.5") == ["lowrank:0.5", "distill:50", "int8"]
+    assert trained.recipe("int8", "lowrank:0.5") == ["lowrank:0.5", "distill:50:5m", "int8"]  # the budget's minutes
+    assert sdk.Distill(steps=50, minutes=5) == parse(trained.recipe("int8", "lowrank:0.5"))[1]

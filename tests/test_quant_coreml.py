@@ -85,8 +85,7 @@ def convert(cnn, tmp_path_factory):
 def _by_layer(result) -> dict[str, str]:
     """layer -> 'quantized' or its float reason, from the converter's report."""
     q = result.quantization
-    return {**{name: "quantized" for name in q["quantized_layers"]},
-            **{f["name"]: f["reason"] for f in q["float_layers"]}}
+    return {**{name: "quantized" for name in q.quantized_layers}, **{f.name: f.reason for f in q.float_layers}}
 
 
 def _constexpr_shapes(package: Path, op_type: str) -> list[dict[str, list[int]]]:
@@ -103,33 +102,33 @@ def test_int8_weights_are_int8_per_output_channel(convert):
     result, storage, size, package = convert("apple-ane", "int8")
     _, _, fp32_size, _ = convert("apple-ane", "fp32")
     q = result.quantization
-    assert q["quantized_layers"] == ["expand.0", "dw.0", "project", "head"]  # expand.0: found through BN folding
-    assert [f["name"] for f in q["float_layers"]] == ["stem.0"]
-    assert "weight_threshold (2048)" in q["float_layers"][0]["reason"]
-    assert q["weight_dtypes"] == {"float16": 1, "int8": 4}
+    assert q.quantized_layers == ["expand.0", "dw.0", "project", "head"]  # expand.0: found through BN folding
+    assert [f.name for f in q.float_layers] == ["stem.0"]
+    assert "weight_threshold (2048)" in q.float_layers[0].reason
+    assert q.weight_dtypes == {"float16": 1, "int8": 4}
     assert sorted(e["stored"] for e in storage) == ["float16", "int8", "int8", "int8", "int8"]
     # per channel: one scale per output channel of every quantized weight (iOS17: constexpr_affine_dequantize)
     shapes = _constexpr_shapes(package, "constexpr_affine_dequantize")
     assert sorted((s["quantized_data"][0], s["scale"]) for s in shapes) == [(10, [10]), (256, [256]), (256, [256]),
                                                                            (512, [512])]
     assert size <= 0.3 * fp32_size, (size, fp32_size)
-    assert "linear_quantize_weights" in q["toolchain"] and "per_channel" in q["toolchain"]
+    assert "linear_quantize_weights" in q.toolchain and "per_channel" in q.toolchain
 
 
 @pytest.mark.skipif(ON_MAC, reason="checks what a host without Core ML does for static INT8")
 def test_int8_off_macos_says_activations_stay_fp16(convert):
     result, *_ = convert("apple-ane", "int8")
     q = result.quantization
-    assert q["activations"] == "float16"
-    assert "W8A16" in q["scheme"] and "only macOS" in q["scheme"] and "linear_quantize_activations" in q["scheme"]
+    assert q.activations == "float16" and q.weight_only
+    assert "W8A16" in q.scheme and "only macOS" in q.scheme and "linear_quantize_activations" in q.scheme
     assert any("simulation" in note for note in result.notes)
 
 
 def test_int8_dynamic_is_weight_only_and_says_so(convert):
     result, *_ = convert("apple-ane", "int8-dynamic")
     q = result.quantization
-    assert q["activations"] == "float16" and "no run-time (dynamic) activation quantization" in q["scheme"]
-    assert q["weight_dtypes"] == {"float16": 1, "int8": 4}
+    assert q.activations == "float16" and "no run-time (dynamic) activation quantization" in q.scheme
+    assert q.weight_dtypes == {"float16": 1, "int8": 4}
 
 
 @pytest.mark.parametrize("device_id, recipe, stored", [
@@ -140,9 +139,9 @@ def test_palettize_stores_lookup_table_indices(convert, device_id, recipe, store
     result, _, size, package = convert(device_id, recipe)
     _, _, fp32_size, _ = convert(device_id, "fp32")
     q = result.quantization
-    assert q["weight_dtypes"] == {"float16": 1, stored: 4}
-    assert q["quantized_layers"] == ["expand.0", "dw.0", "project", "head"]
-    assert "k-means" in q["scheme"] and "palettize_weights" in q["toolchain"]
+    assert q.weight_dtypes == {"float16": 1, stored: 4}
+    assert q.quantized_layers == ["expand.0", "dw.0", "project", "head"]
+    assert "k-means" in q.scheme and "palettize_weights" in q.toolchain
     assert spec_summary(package)["ops"]["constexpr_lut_to_dense"] == 4
     nbits = int(recipe.split(":")[1])
     assert size <= (nbits / 32 + 0.05) * fp32_size, (size, fp32_size)
@@ -151,9 +150,9 @@ def test_palettize_stores_lookup_table_indices(convert, device_id, recipe, store
 def test_int4_blocks_weights_and_names_the_depthwise_conv_it_skips(convert):
     result, storage, _, package = convert("apple-mac-ane", "int4")
     q = result.quantization
-    assert q["weight_dtypes"] == {"float16": 2, "int4": 3}
-    assert q["quantized_layers"] == ["expand.0", "project", "head"]
-    reasons = {f["name"]: f["reason"] for f in q["float_layers"]}
+    assert q.weight_dtypes == {"float16": 2, "int4": 3}
+    assert q.quantized_layers == ["expand.0", "project", "head"]
+    reasons = {f.name: f.reason for f in q.float_layers}
     assert set(reasons) == {"stem.0", "dw.0"}
     assert "weight_threshold" in reasons["stem.0"]
     assert "block size 32" in reasons["dw.0"] and "depthwise" in reasons["dw.0"] and "[256, 1, 3, 3]" in reasons["dw.0"]
@@ -188,7 +187,7 @@ def test_keep_float_leaves_exactly_those_weights_float(convert):
     assert layers["expand.0"] == "kept in float on request (inside kept module 'expand')"  # the BN-folded conv
     assert layers["head"] == "kept in float on request"
     assert layers["dw.0"] == layers["project"] == "quantized"
-    assert result.quantization["weight_dtypes"] == {"float16": 3, "int8": 2}
+    assert result.quantization.weight_dtypes == {"float16": 3, "int8": 2}
     by_shape = {tuple(e["shape"]): e["stored"] for e in storage}
     assert by_shape[(256, 32, 1, 1)] == by_shape[(10, 512)] == "float16"
     assert by_shape[(256, 1, 3, 3)] == by_shape[(512, 256, 1, 1)] == "int8"
@@ -201,8 +200,8 @@ def test_int4_transformer_encoder_is_a_fifth_of_fp32(convert):
     result, _, size, _ = convert("apple-mac-ane", "int4", model=model, inputs=inputs)
     q = result.quantization
     assert size <= 0.2 * fp32_size, (size, fp32_size)
-    assert q["weight_dtypes"] == {"int4": 27} and q["float_layers"] == []  # 4 x 6 linears, embed, pos, head
-    assert {"embed", "pos", "layers.0.attn.q", "layers.3.mlp.2", "head"} <= set(q["quantized_layers"])
+    assert q.weight_dtypes == {"int4": 27} and q.float_layers == []  # 4 x 6 linears, embed, pos, head
+    assert {"embed", "pos", "layers.0.attn.q", "layers.3.mlp.2", "head"} <= set(q.quantized_layers)
 
 
 def test_weight_storage_reads_ios18_packages_without_torch(convert):
@@ -256,6 +255,6 @@ def test_fallback_keeps_layers_float_in_the_artifact(cnn, tmp_path):
 @pytest.mark.skipif(not ON_MAC, reason="activation calibration runs Core ML predictions: macOS only")
 def test_static_int8_on_macos_quantizes_activations(convert):
     result, _, _, package = convert("apple-ane", "int8")
-    assert result.quantization["activations"] == "int8" and "W8A8" in result.quantization["scheme"]
+    assert result.quantization.activations == "int8-static" and "W8A8" in result.quantization.scheme
     ops = spec_summary(package)["ops"]
     assert ops.get("quantize", 0) > 0 and ops.get("dequantize", 0) > 0

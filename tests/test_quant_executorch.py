@@ -24,11 +24,12 @@ import converters
 import sdk
 import sdk.devices
 import sdk.core.recipes
-from converters import executorch as et
+from converters.executorch import quantize as et_quantize
 from converters.quant.sensitivity import quantizable_layers
 from samples import transformer_encoder
 from sdk.core.errors import ConversionError, UnsupportedRecipeError
 from sdk.core.parity import compare
+from sdk.core.results import FloatLayer
 
 PROFILE = sdk.devices.get("android-arm64")
 KEPT = "features.6"  # a conv with no BatchNorm after it, so its float weights reach the file unchanged
@@ -139,8 +140,9 @@ def test_static_int8_is_small_and_matches_torch(net, exported_int8, fp32_size, h
     assert _cosine(net, path, heldout) >= 0.99
     q = exported_int8.report["quantization"]
     assert q["quantized_layers"] == quantizable_layers(net) and q["float_layers"] == []
-    assert q["weight_dtypes"] == {"int8": 5} and q["activations"].startswith("int8, static")
-    assert q["xnnpack_datatypes"] == {"weights": {"qcint8": 5}, "biases": {"qcint32": 5}, "inputs": {"qint8": 5}}
+    assert q["weight_dtypes"] == {"int8": 5} and q["activations"] == "int8-static"
+    assert q["details"]["xnnpack_datatypes"] == {"weights": {"qcint8": 5}, "biases": {"qcint32": 5},
+                                                 "inputs": {"qint8": 5}}
     modules = dict(net.named_modules())
     assert not any(_float_weight_in_file(modules[name], path) for name in ("features.6", "features.8", "head"))
 
@@ -158,11 +160,11 @@ def test_export_reports_converter_and_driver_fields(exported_int8, calibration):
 def test_keep_float_leaves_exactly_that_layers_weights_float(net, int8_kept, heldout):
     result, path = int8_kept
     q = result.quantization
-    assert [f["name"] for f in q["float_layers"]] == [KEPT]
-    assert q["float_layers"][0]["reason"].startswith("kept in float on request")
-    assert sorted(q["quantized_layers"]) == sorted(set(quantizable_layers(net)) - {KEPT})
-    assert q["weight_dtypes"] == {"int8": 4, "fp32": 1}
-    assert q["xnnpack_datatypes"]["inputs"] == {"qint8": 4, "fp32": 1}  # the kept conv computes in float
+    assert [f.name for f in q.float_layers] == [KEPT]
+    assert q.float_layers[0].reason.startswith("kept in float on request")
+    assert sorted(q.quantized_layers) == sorted(set(quantizable_layers(net)) - {KEPT})
+    assert q.weight_dtypes == {"int8": 4, "fp32": 1}
+    assert q.details["xnnpack_datatypes"]["inputs"] == {"qint8": 4, "fp32": 1}  # the kept conv computes in float
     modules = dict(net.named_modules())
     assert _float_weight_in_file(modules[KEPT], path)
     assert not any(_float_weight_in_file(modules[name], path) for name in ("features.8", "head"))
@@ -175,12 +177,12 @@ def test_dynamic_int8_quantizes_linears_at_run_time_and_keeps_a_container_float(
     result, path = _convert(model, inputs, tmp_path, "int8-dynamic", keep_float=frozenset({"layers.0"}))
     q = result.quantization
     kept = [name for name in quantizable_layers(model) if name.startswith("layers.0.")]
-    assert len(kept) == 6 and sorted(f["name"] for f in q["float_layers"]) == sorted(kept)
-    assert all("inside kept module 'layers.0'" in f["reason"] for f in q["float_layers"])
-    assert sorted(q["quantized_layers"]) == sorted(set(quantizable_layers(model)) - set(kept))
-    n = len(q["quantized_layers"])
-    assert q["xnnpack_datatypes"]["inputs"] == {"qdint8": n, "fp32": 6}  # activations quantized per inference
-    assert q["weight_dtypes"] == {"int8": n, "fp32": 6} and q["activations"].startswith("int8, dynamic")
+    assert len(kept) == 6 and sorted(f.name for f in q.float_layers) == sorted(kept)
+    assert all("inside kept module 'layers.0'" in f.reason for f in q.float_layers)
+    assert sorted(q.quantized_layers) == sorted(set(quantizable_layers(model)) - set(kept))
+    n = len(q.quantized_layers)
+    assert q.details["xnnpack_datatypes"]["inputs"] == {"qdint8": n, "fp32": 6}  # activations quantized per inference
+    assert q.weight_dtypes == {"int8": n, "fp32": 6} and q.activations == "int8-dynamic"
     torch.manual_seed(3)
     assert _cosine(model, path, [transformer_encoder.example_inputs(model) for _ in range(4)]) >= 0.99
 
@@ -193,11 +195,11 @@ def test_int4_encoder_is_under_a_fifth_of_fp32(encoder, int4):
     assert _cosine(encoder, path, [transformer_encoder.example_inputs(encoder) for _ in range(3)]) >= 0.97
     q = result.quantization
     linears = [n for n, m in encoder.named_modules() if isinstance(m, nn.Linear)]
-    assert sorted(q["quantized_layers"]) == sorted(set(linears) - {"head"})
-    assert q["float_layers"] == [{"name": "head", "reason": "kept in float on request; stays fp32"}]
-    assert q["weight_dtypes"] == {"int4": 25, "fp32": 1}
-    assert q["xnnpack_datatypes"]["weights"] == {"qbint4": 25, "fp32": 1}  # block-wise int4 in XNNPACK
-    assert q["xnnpack_datatypes"]["inputs"] == {"qdint8": 25, "fp32": 1}
+    assert sorted(q.quantized_layers) == sorted(set(linears) - {"head"})
+    assert q.float_layers == [FloatLayer("head", "kept in float on request; stays fp32")]
+    assert q.weight_dtypes == {"int4": 25, "fp32": 1} and q.activations == "int8-dynamic"  # 8da4w
+    assert q.details["xnnpack_datatypes"]["weights"] == {"qbint4": 25, "fp32": 1}  # block-wise int4 in XNNPACK
+    assert q.details["xnnpack_datatypes"]["inputs"] == {"qdint8": 25, "fp32": 1}
     assert _float_weight_in_file(encoder.head, path)
     assert not _float_weight_in_file(encoder.layers[0].mlp[0], path)
 
@@ -207,11 +209,11 @@ def test_int4_reports_what_8da4w_cannot_take(tmp_path):
     model = ConvAndOddLinear().eval()
     result, path = _convert(model, (torch.randn(1, 3, 8, 8),), tmp_path, sdk.core.recipes.Int4Weight(group_size=32))
     q = result.quantization
-    assert q["quantized_layers"] == ["even"]
-    reasons = {f["name"]: f["reason"] for f in q["float_layers"]}
+    assert q.quantized_layers == ["even"]
+    reasons = {f.name: f.reason for f in q.float_layers}
     assert "nn.Linear layers only" in reasons["conv"]
     assert "in_features 40 is not a multiple of group_size 32" in reasons["odd"]
-    assert q["weight_dtypes"] == {"fp32": 2, "int4": 1}
+    assert q.weight_dtypes == {"fp32": 2, "int4": 1}
     assert _float_weight_in_file(model.odd, path) and _float_weight_in_file(model.conv, path)
 
 
@@ -234,8 +236,8 @@ def test_bad_requests_fail_before_conversion(net, calibration, tmp_path):
     (None, "could not be read"),
 ])
 def test_speed_note_is_worded_from_the_cpu_flags(monkeypatch, flags, says):
-    monkeypatch.setattr(et, "_cpu_flags", lambda: flags)
-    note = et._speed_note()
+    monkeypatch.setattr(et_quantize, "_cpu_flags", lambda: flags)
+    note = et_quantize._speed_note()
     assert note.startswith("speed: quantization is applied for size and memory, not promised as a speed-up")
     assert says in note
 
@@ -243,3 +245,65 @@ def test_speed_note_is_worded_from_the_cpu_flags(monkeypatch, flags, says):
 def test_quantized_results_carry_the_speed_note(int8_kept):
     result, _ = int8_kept
     assert any(n.startswith("speed:") for n in result.notes)
+
+
+class ReLU6Net(nn.Module):
+    """conv-BN-ReLU6 blocks (nn.ReLU6 exports as hardtanh(0, 6), F.relu6 as aten.relu6) whose pre-activations span
+    far beyond [0, 6], as in EfficientNet-Lite: observed before the clamp, a ReLU6 output gets few levels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.conv3 = nn.Conv2d(16, 32, 1)
+        self.head = nn.Linear(32, 10)
+        with torch.no_grad():
+            for conv in (self.conv1, self.conv2, self.conv3):
+                conv.weight.mul_(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.relu6(self.bn1(self.conv1(x)))
+        x = nn.ReLU6()(self.conv2(x))
+        x = nn.ReLU6()(self.conv3(x))
+        return self.head(x.mean(dim=(2, 3), keepdim=True).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def relu6_net() -> ReLU6Net:
+    torch.manual_seed(5)
+    return with_relu6_bn_statistics(ReLU6Net())
+
+
+def with_relu6_bn_statistics(model: ReLU6Net) -> ReLU6Net:
+    with torch.no_grad():
+        model.bn1.running_mean.uniform_(-2, 2)
+    return model.eval()
+
+
+def test_relu6_is_observed_after_the_clamp_only(relu6_net, calibration, tmp_path):
+    """Each conv -> ReLU6 is one pattern: no observer between the conv and its clamp, one after the clamp."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    job = make_job(relu6_net, calibration[0], PROFILE, tmp_path, ["int8"], calibration=calibration)
+    graph = prepare_pt2e(torch.export.export(relu6_net, calibration[0]).module(), et_quantize._pt2e_quantizer(job))
+    clamps = [n for n in graph.graph.nodes if n.op == "call_function"
+              and n.target in (torch.ops.aten.hardtanh.default, torch.ops.aten.relu6.default)]
+    assert len(clamps) == 3
+    for clamp in clamps:
+        assert clamp.args[0].target == torch.ops.aten.conv2d.default  # straight from the conv, unobserved
+        assert [u.op for u in clamp.users] == ["call_module"]  # its one observer
+
+
+def test_relu6_int8_stays_delegated_and_beats_the_upstream_annotation(relu6_net, calibration, heldout, tmp_path,
+                                                                     monkeypatch):
+    for name in ("fixed", "upstream"):
+        (tmp_path / name).mkdir()
+    fixed, fixed_path = _convert(relu6_net, calibration[0], tmp_path / "fixed", "int8", calibration=calibration)
+    assert fixed.coverage.fraction == 1.0 and fixed.coverage.not_delegated == {}
+    assert fixed.quantization.weight_dtypes == {"int8": 4}
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    monkeypatch.setattr(et_quantize, "ReLU6XNNPACKQuantizer", XNNPACKQuantizer)  # upstream: observer before the clamp
+    _, upstream_path = _convert(relu6_net, calibration[0], tmp_path / "upstream", "int8", calibration=calibration)
+    fixed_cosine, upstream_cosine = (_cosine(relu6_net, p, heldout) for p in (fixed_path, upstream_path))
+    assert fixed_cosine >= 0.99 and 1 - fixed_cosine < 0.5 * (1 - upstream_cosine)

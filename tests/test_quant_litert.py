@@ -24,9 +24,11 @@ import sdk
 import sdk.devices
 import sdk.core.recipes
 from converters import ConversionJob
+from converters.litert import quantize as litert_quantize
 from converters.quant.sensitivity import quantizable_layers
 from sdk.core.errors import ConversionError, UnsupportedRecipeError
 from sdk.core.parity import compare
+from sdk.core.results import FloatLayer
 
 PROFILE = sdk.devices.get("android-litert")
 KEPT = "features.6"  # a conv with no BatchNorm after it, so its float weights reach the file unchanged
@@ -153,34 +155,38 @@ def int8_dynamic(net, tmp_path_factory):
 def test_static_int8_quantizes_every_layer_calibrated(net, int8, fp32, heldout):
     result, path = int8
     q = result.quantization
-    assert q["weight_dtypes"] == {"int8": 5}  # read back from the .tflite
-    assert q["quantized_layers"] == quantizable_layers(net) and q["float_layers"] == []
-    assert "static_wi8_ai8" in q["toolchain"]
-    assert "16 calibration samples" in q["scheme"]
+    assert q.weight_dtypes == {"int8": 5}  # read back from the .tflite
+    assert q.quantized_layers == quantizable_layers(net) and q.float_layers == []
+    assert "static_wi8_ai8" in q.toolchain and q.activations == "int8-static"
+    assert "16 calibration samples" in q.scheme
     assert path.stat().st_size <= 0.3 * fp32[1].stat().st_size
     parity = _parity(net, path, heldout)
     assert parity["passed"], parity["failures"]
     assert parity["outputs"][0]["max_abs_err"] > 0  # really quantized
-    assert result.coverage["not_delegated"] == {}  # XNNPACK takes the whole int8 graph
+    assert result.coverage.not_delegated == {}  # XNNPACK takes the whole int8 graph
     assert any(note.startswith("speed:") and "measure on the device" in note for note in result.notes)
 
 
-def test_static_int8_model_io_is_int8(int8):
+def test_static_int8_model_input_is_int8_and_output_float(int8):
+    """The head keeps int8 weights but writes float logits (dynamic range), so no calibrated range clips them."""
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=str(int8[1])).get_signature_runner()
     assert runner.get_input_details()["in_0"]["dtype"] == np.int8
-    assert runner.get_output_details()["out_0"]["dtype"] == np.int8
+    assert runner.get_output_details()["out_0"]["dtype"] == np.float32
+    assert "(FULLY_CONNECTED with int8 weights, dynamic range)" in int8[0].quantization.scheme
 
 
 def test_keep_float_leaves_exactly_that_layers_weights_float(net, int8_kept, heldout):
     result, path = int8_kept
     q = result.quantization
-    assert q["weight_dtypes"] == {"int8": 4, "fp32": 1}
-    assert q["float_layers"] == [{"name": KEPT, "reason": "kept in float on request"}]
-    assert q["quantized_layers"] == [n for n in quantizable_layers(net) if n != KEPT]
+    assert q.weight_dtypes == {"int8": 4, "fp32": 1}
+    assert q.float_layers == [FloatLayer(KEPT, "kept in float on request")]
+    assert q.quantized_layers == [n for n in quantizable_layers(net) if n != KEPT]
     _assert_only_float_weights_are(path, net.get_submodule(KEPT))
-    assert result.coverage["op_types"]["DEQUANTIZE"] == 1 and result.coverage["op_types"]["QUANTIZE"] == 1
+    op_types = result.coverage.details["op_types"]
+    # one pair around the kept conv; one more DEQUANTIZE into the head, whose float logits need no QUANTIZE
+    assert op_types["DEQUANTIZE"] == 2 and op_types["QUANTIZE"] == 1
     parity = _parity(net, path, heldout)
     assert parity["passed"], parity["failures"]
 
@@ -189,16 +195,16 @@ def test_keep_float_reaches_the_layer_that_makes_a_graph_output(net, calibration
     """The head's output tensor is named after the signature, not the module: found by its weight's name."""
     result, path = _convert(net, tmp_path, "int8", frozenset({"head"}), calibration)
     q = result.quantization
-    assert q["float_layers"] == [{"name": "head", "reason": "kept in float on request"}]
-    assert q["weight_dtypes"] == {"int8": 4, "fp32": 1}
+    assert q.float_layers == [FloatLayer("head", "kept in float on request")]
+    assert q.weight_dtypes == {"int8": 4, "fp32": 1}
     _assert_only_float_weights_are(path, net.head)
 
 
 def test_keep_float_accepts_a_container(net, calibration, tmp_path):
     result, _ = _convert(net, tmp_path, "int8", frozenset({"features"}), calibration)
     q = result.quantization
-    assert q["quantized_layers"] == ["head"] and q["weight_dtypes"] == {"int8": 1, "fp32": 4}
-    assert q["float_layers"][0]["reason"] == "kept in float on request (inside kept module 'features')"
+    assert q.quantized_layers == ["head"] and q.weight_dtypes == {"int8": 1, "fp32": 4}
+    assert q.float_layers[0].reason == "kept in float on request (inside kept module 'features')"
 
 
 def test_keep_float_finds_one_of_identical_blocks_in_a_module_list(tmp_path):
@@ -206,8 +212,8 @@ def test_keep_float_finds_one_of_identical_blocks_in_a_module_list(tmp_path):
     model = Blocks().eval()
     result, path = _convert(model, tmp_path, "int8-dynamic", frozenset({"blocks.1.conv"}))
     q = result.quantization
-    assert q["quantized_layers"] == ["stem", "blocks.0.conv", "head"]
-    assert q["float_layers"] == [{"name": "blocks.1.conv", "reason": "kept in float on request"}]
+    assert q.quantized_layers == ["stem", "blocks.0.conv", "head"]
+    assert q.float_layers == [FloatLayer("blocks.1.conv", "kept in float on request")]
     _assert_only_float_weights_are(path, model.blocks[1].conv)
 
 
@@ -219,15 +225,15 @@ def test_keep_float_of_a_module_with_no_op_of_its_own_says_to_keep_its_parent(tm
         converters.get("litert").convert(job)
     job.keep_float = frozenset({"attn"})
     q = converters.get("litert").convert(job).quantization
-    assert q["float_layers"] == [{"name": "attn", "reason": "kept in float on request"}]
-    assert q["quantized_layers"] == ["head"] and q["weight_dtypes"] == {"fp32": 2, "int8": 1}
+    assert q.float_layers == [FloatLayer("attn", "kept in float on request")]
+    assert q.quantized_layers == ["head"] and q.weight_dtypes == {"fp32": 2, "int8": 1}
 
 
 def test_dynamic_int8_has_int8_weights_and_float_io(net, int8_dynamic, fp32, heldout):
     result, path = int8_dynamic
     q = result.quantization
-    assert q["weight_dtypes"] == {"int8": 5} and q["quantized_layers"] == quantizable_layers(net)
-    assert "dynamic_wi8_afp32" in q["toolchain"]
+    assert q.weight_dtypes == {"int8": 5} and q.quantized_layers == quantizable_layers(net)
+    assert "dynamic_wi8_afp32" in q.toolchain and q.activations == "int8-dynamic"
     assert path.stat().st_size <= 0.3 * fp32[1].stat().st_size
     from ai_edge_litert.interpreter import Interpreter
 
@@ -239,7 +245,7 @@ def test_dynamic_int8_has_int8_weights_and_float_io(net, int8_dynamic, fp32, hel
 
 def test_dynamic_int8_keeps_a_layer_float(net, tmp_path):
     result, path = _convert(net, tmp_path, "int8-dynamic", frozenset({KEPT}))
-    assert result.quantization["weight_dtypes"] == {"int8": 4, "fp32": 1}
+    assert result.quantization.weight_dtypes == {"int8": 4, "fp32": 1}
     _assert_only_float_weights_are(path, net.get_submodule(KEPT))
 
 
@@ -270,3 +276,59 @@ def test_fallback_finds_the_outlier_layer_and_keeps_it_float(tmp_path):
     assert q["weight_dtypes"] == {"int8": 2, "fp32": 1}
     assert q["quantized_layers"] == ["inp", "out"]
     assert q["float_layers"] == [{"name": "mid", "reason": "kept in float by the fallback to meet the tolerance"}]
+
+
+class SumOfChannels(nn.Module):
+    """Each hidden unit reads one of two inputs; the head adds them. Calibrated on inputs where only one is on,
+    every hidden range is covered but the logits reach only half of what inputs with both on give: the logits
+    exceed their calibrated range, as a classifier's do on inputs more confident than its calibration data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden, self.head = nn.Linear(2, 8), nn.Linear(8, 4)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(4, 1))
+            self.hidden.bias.zero_()
+            self.head.weight.uniform_(0.5, 1.0)
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.hidden(x)))
+
+
+def _one_on(n: int) -> list[tuple[torch.Tensor]]:
+    return [(torch.tensor([[u, 0.0]] if i % 2 else [[0.0, u]]),) for i, u in enumerate(torch.linspace(0, 1, n))]
+
+
+def _both_on(n: int) -> list[tuple[torch.Tensor]]:
+    return [(torch.full((1, 2), float(u)),) for u in torch.linspace(0.5, 1, n)]
+
+
+def _run(path: Path, samples: list[tuple[torch.Tensor]]) -> np.ndarray:
+    manifest = {"inputs": [{"name": "in_0", "shape": [1, 2], "dtype": "float32"}],
+                "outputs": [{"name": "out_0", "shape": [1, 4], "dtype": "float32"}], "runtime_options": {}}
+    session = backends.get("litert").load(path, manifest)
+    return np.concatenate([session.run([s[0].numpy()])[0] for s in samples])
+
+
+def test_logits_beyond_the_calibrated_range_are_not_clipped(tmp_path, monkeypatch):
+    torch.manual_seed(8)
+    model, calibration, heldout = SumOfChannels().eval(), _one_on(16), _both_on(8)
+    with torch.no_grad():
+        ref = np.concatenate([model(*s).numpy() for s in heldout])
+        calibrated_max = max(float(model(*s).max()) for s in calibration)
+    assert ref.max() > 1.5 * calibrated_max
+
+    def convert(folder: str):
+        job = make_job(model, calibration[0], PROFILE, tmp_path / folder, ["int8"], calibration=calibration)
+        job.workdir.mkdir()
+        result = converters.get("litert").convert(job)
+        return result, job.workdir / result.model_file
+
+    result, path = convert("float-logits")
+    assert result.quantization.weight_dtypes == {"int8": 2} and result.coverage.fraction == 1.0
+    np.testing.assert_allclose(_run(path, heldout), ref, rtol=0.05, atol=0.05 * calibrated_max)
+    # int8 logits, as ai-edge-quantizer
+    monkeypatch.setattr(litert_quantize, "_output_ops", lambda table, interpreter: [])
+    _, clipped = convert("int8-logits")
+    assert _run(clipped, heldout).max() <= 1.02 * calibrated_max < 0.7 * ref.max()

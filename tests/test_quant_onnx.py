@@ -23,12 +23,13 @@ from onnx import TensorProto, numpy_helper  # noqa: E402
 import backends  # noqa: E402
 import converters  # noqa: E402
 import sdk  # noqa: E402
-from converters.onnx import layer_weights, module_of  # noqa: E402
+from converters.onnx.weights import layer_weights, module_of  # noqa: E402
 from converters.quant.sensitivity import quantizable_layers  # noqa: E402
 from samples import transformer_encoder  # noqa: E402
 from sdk import devices, recipes  # noqa: E402
 from sdk.core.errors import ConversionError, UnsupportedRecipeError  # noqa: E402
 from sdk.core.parity import compare  # noqa: E402
+from sdk.core.results import FloatLayer  # noqa: E402
 
 PROFILE = devices.get("jetson-orin-nano")
 KEPT = "features.6"  # a conv with no BatchNorm after it, so its float weights reach the file unchanged
@@ -116,9 +117,10 @@ def int4_kept(encoder, tmp_path_factory):
 def test_int8_quantizes_every_layer_in_tensorrt_form(net, int8, fp32, heldout):
     result, path = int8
     q = result.quantization
-    assert q["weight_dtypes"] == {"int8": 5}  # read back from the file
-    assert q["quantized_layers"] == quantizable_layers(net) and q["float_layers"] == []
-    assert "quantize_static" in q["toolchain"] and "16 calibration samples" in q["scheme"]
+    assert q.weight_dtypes == {"int8": 5}  # read back from the file
+    assert q.quantized_layers == quantizable_layers(net) and q.float_layers == []
+    assert "quantize_static" in q.toolchain and "16 calibration samples" in q.scheme
+    assert q.activations == "int8-static" and not q.weight_only
     assert path.stat().st_size <= 0.3 * fp32[1].stat().st_size
     model, tensors, qdq = _qdq(path)
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17  # the profile's
@@ -137,9 +139,9 @@ def test_int8_quantizes_every_layer_in_tensorrt_form(net, int8, fp32, heldout):
 def test_keep_float_leaves_exactly_that_layers_weight_float(net, calibration, heldout, tmp_path):
     result, path = _convert(net, tmp_path, "int8", images(1, 0)[0], frozenset({KEPT}), calibration)
     q = result.quantization
-    assert q["weight_dtypes"] == {"int8": 4, "fp32": 1}
-    assert q["float_layers"] == [{"name": KEPT, "reason": "kept in float on request"}]
-    assert q["quantized_layers"] == [name for name in quantizable_layers(net) if name != KEPT]
+    assert q.weight_dtypes == {"int8": 4, "fp32": 1}
+    assert q.float_layers == [FloatLayer(KEPT, "kept in float on request")]
+    assert q.quantized_layers == [name for name in quantizable_layers(net) if name != KEPT]
     stored = _stored(path)
     kept = stored.pop(f"/features/{KEPT}/Conv")
     np.testing.assert_array_equal(numpy_helper.to_array(kept), net.get_submodule(KEPT).weight.detach().numpy())
@@ -151,16 +153,16 @@ def test_keep_float_leaves_exactly_that_layers_weight_float(net, calibration, he
 def test_keep_float_accepts_a_container(net, calibration, tmp_path):
     result, _ = _convert(net, tmp_path, "int8", images(1, 0)[0], frozenset({"features"}), calibration)
     q = result.quantization
-    assert q["quantized_layers"] == ["head"] and q["weight_dtypes"] == {"int8": 1, "fp32": 4}
-    assert q["float_layers"][0]["reason"] == "kept in float on request (inside kept module 'features')"
+    assert q.quantized_layers == ["head"] and q.weight_dtypes == {"int8": 1, "fp32": 4}
+    assert q.float_layers[0].reason == "kept in float on request (inside kept module 'features')"
 
 
 def test_int8_two_inputs_two_outputs_and_a_shared_layer(two_in_two_out, two_inputs, tmp_path):
     g = torch.Generator().manual_seed(3)
     samples = [(torch.randn(1, 16, generator=g), torch.randn(1, 16, generator=g)) for _ in range(12)]
     result, path = _convert(two_in_two_out, tmp_path, "int8", two_inputs, calibration=samples[:8])
-    assert result.quantization["quantized_layers"] == ["a", "b"]
-    assert result.quantization["weight_dtypes"] == {"int8": 2}  # `a` runs twice on one stored weight
+    assert result.quantization.quantized_layers == ["a", "b"]
+    assert result.quantization.weight_dtypes == {"int8": 2}  # `a` runs twice on one stored weight
     parity, _ = _run(two_in_two_out, path, samples[8:], "int8")
     assert [o["cosine"] >= 0.99 for o in parity["outputs"]] == [True, True]
 
@@ -168,10 +170,10 @@ def test_int8_two_inputs_two_outputs_and_a_shared_layer(two_in_two_out, two_inpu
 def test_int4_encoder_is_blockwise_weight_only_qdq(encoder, int4_kept, encoder_fp32):
     result, path = int4_kept
     q = result.quantization
-    assert q["weight_dtypes"] == {"int4": 24, "fp32": 2}  # 4 x 6 Linears + embed, one kept; the head is a Gemm
-    assert {f["name"] for f in q["float_layers"]} == {"layers.0.attn.q", "head"}
-    assert "Gemm" in next(f["reason"] for f in q["float_layers"] if f["name"] == "head")
-    assert q["activations"].startswith("float")  # the driver's weight-only marker
+    assert q.weight_dtypes == {"int4": 24, "fp32": 2}  # 4 x 6 Linears + embed, one kept; the head is a Gemm
+    assert {f.name for f in q.float_layers} == {"layers.0.attn.q", "head"}
+    assert "Gemm" in next(f.reason for f in q.float_layers if f.name == "head")
+    assert q.activations == "float16" and q.weight_only  # what the driver's sensitivity simulation follows
     assert path.stat().st_size <= 0.2 * encoder_fp32[1].stat().st_size
     model, tensors, qdq = _qdq(path)
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 21 and model.ir_version >= 10

@@ -25,6 +25,7 @@ import sdk  # noqa: E402
 from samples import transformer_encoder  # noqa: E402
 from sdk import devices  # noqa: E402
 from sdk.core.parity import compare  # noqa: E402
+from sdk.core.results import FloatLayer  # noqa: E402
 
 WEIGHTED = {"Convolution", "GroupConvolution", "MatMul"}
 
@@ -120,10 +121,10 @@ def test_int8_cpu_stores_int8_per_channel_weights_and_quantizes_activations(net,
     assert [w["dtype"] for w in weights] == ["i8"] * 5
     assert all(w["scale"] == [w["shape"][0]] + [1] * (len(w["shape"]) - 1) for w in weights)  # one per out channel
     q = result.quantization
-    assert q["quantized_layers"] == ["features.0", "features.3", "features.6", "features.8", "head"]  # BN-folded too
-    assert q["float_layers"] == [] and q["weight_dtypes"] == {"int8": 5}
-    assert q["activation_quantizers"] == len(_fake_quantizes(xml)) == 6  # the input, 4 ReLUs, the pooled features
-    assert all(part in q["toolchain"] for part in ("nncf.quantize", "preset=mixed", "target_device=CPU"))
+    assert q.quantized_layers == ["features.0", "features.3", "features.6", "features.8", "head"]  # BN-folded too
+    assert q.float_layers == [] and q.weight_dtypes == {"int8": 5} and q.activations == "int8-static"
+    assert q.details["activation_quantizers"] == len(_fake_quantizes(xml)) == 6  # input, 4 ReLUs, pooled features
+    assert all(part in q.toolchain for part in ("nncf.quantize", "preset=mixed", "target_device=CPU"))
     low, high = _input_range(xml)  # signed data: an asymmetric range on CPU (preset=mixed)
     assert low < 0 < high and abs(low / high + 128 / 127) > 1e-3
     assert _size(xml) <= 0.3 * _size(fp32), (_size(xml), _size(fp32))
@@ -135,8 +136,8 @@ def test_int8_npu_quantizes_activations_symmetrically(net, convert):
     assert [w["dtype"] for w in _weights(xml)] == ["i8"] * 5
     low, high = _input_range(xml)
     assert low / high == pytest.approx(-128 / 127, rel=1e-4)  # signed symmetric int8
-    assert "preset=performance" in result.quantization["toolchain"] and "target_device=NPU" in result.quantization[
-        "toolchain"]
+    toolchain = result.quantization.toolchain
+    assert "preset=performance" in toolchain and "target_device=NPU" in toolchain
     assert any("symmetric" in note and "intel-npu" in note for note in result.notes)
     assert _cosine(net, xml, "intel-npu", images(8, seed=9)) >= 0.99  # on the CPU plugin, as stand-in
 
@@ -148,17 +149,17 @@ def test_keep_float_leaves_exactly_that_layer_float(convert):
     assert by_shape[(64, 32, 3, 3)]["dtype"] == "f32" and by_shape[(64, 32, 3, 3)]["input"] != "FakeQuantize"
     assert [w["dtype"] for s, w in by_shape.items() if s != (64, 32, 3, 3)] == ["i8"] * 4
     q = result.quantization
-    assert q["float_layers"] == [{"name": "features.3", "reason": "kept in float on request"}]
-    assert q["weight_dtypes"] == {"float32": 1, "int8": 4} and "features.3" not in q["quantized_layers"]
+    assert q.float_layers == [FloatLayer("features.3", "kept in float on request")]
+    assert q.weight_dtypes == {"float32": 1, "int8": 4} and "features.3" not in q.quantized_layers
 
 
 def test_keep_float_of_a_parent_module_covers_its_layers(convert):
     result, xml = convert("intel-cpu", "int8-dynamic", frozenset({"features"}))
     assert [w["dtype"] for w in _weights(xml)] == ["f32"] * 4 + ["u8"]
-    reasons = {f["name"]: f["reason"] for f in result.quantization["float_layers"]}
+    reasons = {f.name: f.reason for f in result.quantization.float_layers}
     assert reasons == {n: "kept in float on request (inside kept module 'features')"
                        for n in ("features.0", "features.3", "features.6", "features.8")}
-    assert result.quantization["quantized_layers"] == ["head"]
+    assert result.quantization.quantized_layers == ["head"]
 
 
 # --- weight-only (nncf.compress_weights) ---
@@ -173,9 +174,10 @@ def test_int8_dynamic_is_weight_only_and_cpu_quantizes_matmul_inputs_at_run_time
     assert {w["dtype"] for w in _weights(xml)} == {"u8"}  # asymmetric: uint8 + zero point
     assert not _fake_quantizes(xml)  # activations are not quantized in the IR
     q = result.quantization
-    assert q["weight_dtypes"] == {"uint8": 14} and "DYNAMIC_QUANTIZATION_GROUP_SIZE" in q["scheme"]
-    assert q["float_layers"] == [{"name": "pos", "reason": "not the weight of a convolution, MatMul or embedding in "
-                                                           "the IR (NNCF quantizes only those); stays float"}]
+    assert q.weight_dtypes == {"uint8": 14} and "DYNAMIC_QUANTIZATION_GROUP_SIZE" in q.scheme
+    assert q.activations == "float32" and q.weight_only  # float in the IR: the simulation quantizes weights only
+    assert q.float_layers == [FloatLayer("pos", "not the weight of a convolution, MatMul or embedding in the IR "
+                                                "(NNCF quantizes only those); stays float")]
     samples = [transformer_encoder.example_inputs(model) for _ in range(4)]
     on = _run(xml, "intel-cpu", samples, {"INFERENCE_PRECISION_HINT": "f32"})
     off = _run(xml, "intel-cpu", samples, {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
@@ -216,11 +218,11 @@ def test_int4_transformer_is_group_wise_int4_with_int8_last_layer(encoder_int4):
     assert len(int4) == 25  # embed + 4 x (q, k, v, out, mlp.0, mlp.2)
     assert all(w["shape"][-1] == 32 and w["scale"] == w["shape"][:-1] + [1] for w in int4)  # a scale per 32 weights
     q = result.quantization
-    assert q["weight_dtypes"] == {"int4": 25, "uint8": 1}
-    assert q["backup_layers"] == [{"name": "head", "dtype": "uint8", "reason": "the model's last MatMul: NNCF keeps "
-                                   "it at the backup precision unless all_layers=True"}]
-    assert [f["name"] for f in q["float_layers"]] == ["pos"]  # the learned positions: an Add, not a weight
-    assert "INT4_SYM" in q["toolchain"] and "group_size=32" in q["toolchain"]
+    assert q.weight_dtypes == {"int4": 25, "uint8": 1}
+    assert q.details["backup_layers"] == [{"name": "head", "dtype": "uint8", "reason": "the model's last MatMul: "
+                                           "NNCF keeps it at the backup precision unless all_layers=True"}]
+    assert [f.name for f in q.float_layers] == ["pos"]  # the learned positions: an Add, not a weight
+    assert "INT4_SYM" in q.toolchain and "group_size=32" in q.toolchain
     assert _size(xml) <= 0.2 * _size(fp32), (_size(xml), _size(fp32))
     model = encoder_int4["model"]
     samples = [transformer_encoder.example_inputs(model) for _ in range(4)]
@@ -232,9 +234,9 @@ def test_int4_leaves_float_the_layer_whose_width_the_group_does_not_divide(conve
     result, xml = convert("intel-cpu", "int4", model=model, inputs=(torch.randn(1, 64),))
     assert [w["dtype"] for w in _weights(xml)] == ["i4", "f32", "u8"]
     q = result.quantization
-    assert q["float_layers"] == [{"name": "2", "reason": "its 48 input channels are not a multiple of group_size 32: "
-                                                         "NNCF (group_size_fallback_mode=IGNORE) leaves it float32"}]
-    assert q["layer_dtypes"] == {"0": "int4", "2": "float32", "4": "uint8"}
+    assert q.float_layers == [FloatLayer("2", "its 48 input channels are not a multiple of group_size 32: NNCF "
+                                              "(group_size_fallback_mode=IGNORE) leaves it float32")]
+    assert q.details["layer_dtypes"] == {"0": "int4", "2": "float32", "4": "uint8"}
 
 
 def test_int4_on_npu_uses_a_symmetric_backup(convert):
@@ -242,8 +244,8 @@ def test_int4_on_npu_uses_a_symmetric_backup(convert):
     result, xml = convert("intel-npu", "int4", model=model, inputs=(torch.randn(1, 64),))
     # the float layer stays f32: save_model skips fp16 compression for quantized models (is_model_optimized)
     assert [w["dtype"] for w in _weights(xml)] == ["i4", "f32", "i8"]
-    assert result.quantization["backup_layers"][0]["dtype"] == "int8"
-    assert "backup_mode=int8_sym" in result.quantization["toolchain"]
+    assert result.quantization.details["backup_layers"][0]["dtype"] == "int8"
+    assert "backup_mode=int8_sym" in result.quantization.toolchain
 
 
 # --- through sdk.export: the driver's held-out parity, sensitivity and fallback on top ---
@@ -269,6 +271,6 @@ def test_fallback_finds_the_outlier_layer_and_nncf_keeps_it_float(tmp_path):
     q = res.report["quantization"]
     assert q["fallback"]["kept_float"] == ["mid"]
     assert q["fallback"]["steps"][0]["met"] is False and q["fallback"]["steps"][-1]["met"] is True
-    assert q["layer_dtypes"] == {"inp": "int8", "mid": "float32", "out": "int8"}
+    assert q["details"]["layer_dtypes"] == {"inp": "int8", "mid": "float32", "out": "int8"}
     stored = [w["dtype"] for w in _weights(res.artifact.path / res.artifact.manifest["model_file"])]
     assert stored == ["i8", "f32", "i8"]

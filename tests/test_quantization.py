@@ -121,3 +121,20 @@ def test_a_scheme_that_quantizes_no_layer_is_refused(tmp_path):
         sdk.export(convs, "jetson-orin-nano", x, recipe=["int4:64"], output_dir=tmp_path, validate=False)
     assert "MatMul" in str(err.value)
     assert not (tmp_path / "jetson-orin-nano").exists()
+
+
+def test_few_calibration_samples_warn_once_per_export(tmp_path, caplog):
+    """Below NNCF's default subset (300) a static INT8 export warns, once, with the count it calibrated on."""
+    model, x = OutlierMLP().eval(), _mlp_data(1, 5)[0]
+    with caplog.at_level("WARNING", logger="sdk"):
+        sdk.export(model, "jetson-orin-nano", x, recipe="int8", calibration=_mlp_data(20, 1),
+                   tolerance=sdk.Tolerance(min_cosine=0.0), output_dir=tmp_path / "few")
+    warned = [r.getMessage() for r in caplog.records if "calibrated on" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "calibrated on 16 samples (20 given, the last 4 held out" in warned[0]
+    assert "fewer than 300" in warned[0] and "accuracy may suffer" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sdk"):
+        sdk.export(model, "jetson-orin-nano", x, recipe="int8", calibration=_mlp_data(300, 2),
+                   eval_data=_mlp_data(4, 3), tolerance=sdk.Tolerance(min_cosine=0.0), output_dir=tmp_path / "enough")
+    assert not [r for r in caplog.records if "calibrated on" in r.getMessage()]

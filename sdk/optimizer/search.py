@@ -23,6 +23,7 @@ import torch
 
 from sdk import devices
 from sdk.core.errors import SdkError, UserInputError
+from sdk.core.results import Unavailable, to_dict
 from sdk.optimizer.evaluate import drop_between, eval_set, evaluate
 from sdk.optimizer.space import Budget, SearchSpace, space_for
 
@@ -32,16 +33,6 @@ log = logging.getLogger("sdk")
 OBJECTIVES = {"latency": "latency_p50_ms", "energy": "energy_mj", "size": "size_mb", "memory": "memory_mb"}
 CONSTRAINTS = ("size_mb", "memory_mb", "latency_ms", "min_delegated")
 _T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}  # two-sided 95% Student t, by number of runs
-
-
-@dataclass(frozen=True)
-class Unavailable:
-    """A figure that could not be measured, and why."""
-
-    reason: str
-
-    def __str__(self) -> str:
-        return f"unavailable ({self.reason})"
 
 
 @dataclass(frozen=True)
@@ -86,9 +77,7 @@ class Candidate:
         return got if isinstance(got, (int, float)) else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "feasible": self.feasible,
-                **{k: {"unavailable": v.reason} for k in ("energy_mj", "delegated")
-                   if isinstance(v := getattr(self, k), Unavailable)}}
+        return {**to_dict(self), "feasible": self.feasible}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
@@ -203,10 +192,10 @@ class _Measurer:
 
 
 def _delegated(report: Mapping[str, Any]) -> float | Unavailable:
-    coverage = report.get("coverage")
-    if coverage and coverage.get("delegated_fraction") is not None:
-        return float(coverage["delegated_fraction"])
-    return Unavailable(report.get("coverage_reason") or f"the {report.get('format')} converter reports no coverage")
+    coverage = report.get("coverage") or {}
+    if "fraction" in coverage:
+        return float(coverage["fraction"])
+    return Unavailable(coverage.get("unavailable") or f"the {report.get('format')} converter reports no coverage")
 
 
 def _violations(c: Candidate, constraints: Mapping[str, float], max_drop: float) -> tuple[str, ...]:

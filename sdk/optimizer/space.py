@@ -2,8 +2,9 @@
 
 Precisions are exactly those the profile lists and its converter supports (int4 at group sizes 64 and 128, which
 every converter takes, palettize at three bit widths). Passes (prune, lowrank, depthwise) change the network's
-weights, so they are proposed only when the budget allows training: each is followed by `distill:<steps>`; with
-`Budget(distill_steps=0)` or no calibration data the space holds precisions only and `notes` says why.
+weights, so they are proposed only when the budget allows training: each is followed by
+`distill:<steps>:<minutes>m` (a distillation also stops after `Budget.minutes`, so no single training outlasts the
+search); with `Budget(distill_steps=0)` or no calibration data the space holds precisions only and `notes` says why.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from sdk.devices import DeviceProfile
 from sdk.core.errors import UserInputError
+from sdk.core.recipes import Distill
 
 __all__ = ["Budget", "SearchSpace", "space_for"]
 
@@ -26,7 +28,8 @@ PASS_CHOICES = ["none", "prune:0.3", "prune:0.5", "lowrank:0.5", "lowrank:0.25",
 @dataclass(frozen=True)
 class Budget:
     """What a search may spend: `trials` in all (a resumed study counts its earlier trials), `minutes` of wall
-    time for this run, `distill_steps` per candidate that changes the weights (0: no training, so no passes).
+    time for this run, `distill_steps` per candidate that changes the weights (0: no training, so no passes); each
+    distillation also stops after `minutes` or early, when its held-out agreement stops improving.
 
     >>> Budget(trials=8, minutes=5).distill_steps
     0
@@ -48,18 +51,18 @@ class SearchSpace:
     device: str
     precisions: tuple[str, ...]
     passes: tuple[str, ...]
-    distill_steps: int
+    distill: Distill | None
     notes: tuple[str, ...] = field(default=())
 
     def recipe(self, precision: str, pass_: str) -> list[str]:
         """The recipe for one choice: the pass (then distillation) and the precision."""
-        if pass_ == "none":
+        if pass_ == "none" or self.distill is None:
             return [precision]
-        return [pass_, f"distill:{self.distill_steps}", precision]
+        return [pass_, self.distill.to_string(), precision]
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "precisions": list(self.precisions), "passes": list(self.passes),
-                "distill_steps": self.distill_steps, "notes": list(self.notes)}
+                "distill": None if self.distill is None else self.distill.to_dict(), "notes": list(self.notes)}
 
 
 def space_for(profile: DeviceProfile, supported: frozenset[str], budget: Budget, has_calibration: bool) -> SearchSpace:
@@ -75,11 +78,13 @@ def space_for(profile: DeviceProfile, supported: frozenset[str], budget: Budget,
             precisions.extend(_PRECISION_CHOICES.get(name, [name]))
     if not precisions:
         raise UserInputError(f"{profile.id}: no precision to search ({'; '.join(notes)})")
+    distill = None
     if budget.distill_steps > 0 and has_calibration:
-        passes = tuple(PASS_CHOICES)
-        notes.append(f"passes proposed, each followed by distill:{budget.distill_steps} (Budget.distill_steps)")
+        passes, distill = tuple(PASS_CHOICES), Distill(steps=budget.distill_steps, minutes=budget.minutes)
+        notes.append(f"passes proposed, each followed by {distill} (Budget.distill_steps, Budget.minutes; it stops "
+                     "early when its held-out agreement with the original stops improving)")
     else:
         passes = ("none",)
         why = "Budget.distill_steps is 0" if budget.distill_steps == 0 else "no calibration data to distill on"
         notes.append(f"passes (prune, lowrank, depthwise) not proposed: {why}, and they need training to recover")
-    return SearchSpace(profile.id, tuple(precisions), passes, budget.distill_steps, tuple(notes))
+    return SearchSpace(profile.id, tuple(precisions), passes, distill, tuple(notes))
