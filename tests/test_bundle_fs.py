@@ -43,7 +43,10 @@ def test_ctrl_c_says_nothing_was_written_and_leaves_nothing(tmp_path):
     (tmp_path / "slow.py").write_text(SLOW_TO_CAPTURE)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     argv = [sys.executable, "-m", "sdk.cli", "export", "slow.py:build", "-d", "jetson", "--out", "out"]
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As a shell starts a foreground command: SIGINT at its default. A test worker may run with SIGINT ignored (set
+    # by an earlier test's library), and an ignored signal stays ignored across exec, so Ctrl-C would never land.
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not (tmp_path / "capturing").exists():
