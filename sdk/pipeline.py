@@ -97,10 +97,10 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     accuracy_check = accuracy.prepare(eval_data, inputs, metric, max_drop)
     eval_data = accuracy_check.inputs if accuracy_check else eval_data  # read once: it may be a one-shot iterator
     evaluation = _materialize_calibration(eval_data, inputs, "eval_data")
-    quantizing = plan.precision.quantizes
-    if quantizing:  # fail early, before any long pass, if static INT8 has no calibration data; warn if it has few
-        calibrated, _, _ = quantization.split_calibration(plan.precision, calib, evaluation, inputs, profile)
-        quantization.warn_small_calibration(plan.precision, calibrated or [], len(calib or []), profile)
+    split = None  # (calibration, held-out, where the held-out came from), for quantized recipes
+    if plan.precision.quantizes:  # fail early, before any long pass, if static INT8 has no calibration data; warn if it has few
+        split = quantization.split_calibration(plan.precision, calib, evaluation, inputs, profile)
+        quantization.warn_small_calibration(plan.precision, split[0] or [], len(calib or []), profile)
 
     model_info = {"params": count_params(original), "macs": count_macs(original, inputs)}
     timings: dict[str, float] = {}
@@ -126,9 +126,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
                             output_names=[f"out_{i}" for i in range(len(reference_out))], calibration=calib)
         controlled: list[accuracy.AccuracyReport] = []  # accuracy control's measurements; the last is the file's
         quant_control = None  # what the quantization driver measured (held-out parity, sensitivity, fallback)
-        if quantizing:
-            job.calibration, heldout, source = quantization.split_calibration(plan.precision, calib, evaluation,
-                                                                              inputs, profile)
+        if split is not None:
+            job.calibration, heldout, source = split
             control = None
             if accuracy_check and accuracy_check.max_drop:  # accuracy control: the metric on the runtime decides
                 def control(path: Path, load_manifest: dict[str, Any]) -> accuracy.AccuracyReport:
