@@ -33,6 +33,8 @@ bench: $(BENCH_STAMP)  ## heavy measurements on real pretrained models (not part
 	$(BIN)/python -m benchmarks.passes_table  # docs/passes.md's digits table, measured on this machine
 	$(BIN)/python benchmarks/labeled_accuracy.py  # top-1 / Spearman fp32 vs INT8 with intervals (docs/accuracy.md)
 	$(BIN)/python benchmarks/llm.py  # int4 LLM decode tok/s vs torch eager fp32 generate() (out/bench-llm)
+	$(BIN)/python benchmarks/zoo.py  # every zoo architecture x target x fp32/INT8: parity or the error (docs/zoo.md)
+	$(BIN)/python benchmarks/optimize.py  # sdk.optimize vs each runtime's default path (docs/optimize.md)
 
 docs: $(STAMP)  ## build the documentation site into site/ (MkDocs Material); fails on any broken link
 	$(BIN)/mkdocs build --strict

@@ -53,12 +53,15 @@ class OpenVINOBackend(Backend):
         config = {}
         if device == "CPU":
             # Without this hint the CPU plugin computes in bf16 on AMX/AVX512-BF16 hosts, which is not the
-            # f32 the profile's CPU computes and would hide (or invent) parity problems.
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+            # f32 the profile's CPU computes and would hide (or invent) parity problems; the bf16 recipe asks.
+            config["INFERENCE_PRECISION_HINT"] = str(manifest.get("runtime_options", {}).get("inference_precision",
+                                                                                           "f32"))
         compiled = core.compile_model(core.read_model(str(model_path)), device, config)
         ran_on = f"openvino {ov.get_version().split('-')[0]} {device}"
         if device == "CPU":
-            ran_on += " f32"
+            used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+            ran_on += f" {used}" + (f" ({config['INFERENCE_PRECISION_HINT']} asked; this CPU lacks it)"
+                                    if used != config["INFERENCE_PRECISION_HINT"] else "")
         if device != wanted:
             ran_on += (f" (stand-in: profile targets {wanted}, not present here (OpenVINO sees "
                        f"{', '.join(available) or 'nothing'}); {wanted} numerics are not emulated)")

@@ -54,13 +54,7 @@ def main() -> None:
     results: dict[str, Any] = {"machine": describe(), "began": began.isoformat(), "max_drop": args.max_drop,
                                "rows": []}
     for name in args.models:
-        if name == "minilm-l6":
-            model, labeled, calibration = _minilm()
-            metric = "spearman"
-        else:
-            model = efficientnet_lite0(n_eval=1, n_calib=1, n_train=0).model
-            labeled = imagenet_photos(args.n, 224, mean=LITE_MEAN, std=LITE_STD)
-            metric, calibration = "top1", _images(args.calibration, seed=1, lite=True)
+        model, labeled, calibration, metric = labeled_workload(name, args.n, args.calibration)
         for device in args.devices:
             row = {"model": name, "device": device, "recipe": "int8", "metric": metric,
                    **measure(model, device, labeled, metric, calibration, args.max_drop)}
@@ -72,6 +66,17 @@ def main() -> None:
     if not args.no_docs:
         PAGE.write_text(replace_block(PAGE.read_text(), START, END, text, str(PAGE)))
     print(text)
+
+
+def labeled_workload(name: str, n: int = 320, n_calibration: int = 300
+                     ) -> tuple[torch.nn.Module, list[tuple], list[tuple], str]:
+    """(model, labeled eval items, calibration, metric) of "efficientnet-lite0" (top-1 on `n` labeled photo crops,
+    `n_calibration` crops of other photos) or "minilm-l6" (Spearman on the STS-style pairs)."""
+    if name == "minilm-l6":
+        return (*_minilm(), "spearman")
+    model = efficientnet_lite0(n_eval=1, n_calib=1, n_train=0).model
+    return (model, imagenet_photos(n, 224, mean=LITE_MEAN, std=LITE_STD),
+            _images(n_calibration, seed=1, lite=True), "top1")
 
 
 def measure(model: torch.nn.Module, device: str, labeled: list[tuple], metric: str,

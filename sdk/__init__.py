@@ -33,7 +33,7 @@ __all__ = [
     # results
     "ExportResult", "Artifact",
     # configs
-    "Tolerance", "Fp32", "Fp16", "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize",
+    "Tolerance", "Fp32", "Fp16", "Bf16", "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize",
     "Prune", "LowRank", "DepthwiseSeparable", "Distill", "Drop",
     # submodules
     "devices", "recipes", "errors", "agent", "farm",
@@ -48,7 +48,7 @@ _LAZY = {
     "load_artifact": ("sdk.core.bundle", "load_artifact"),
     "Artifact": ("sdk.core.bundle", "Artifact"),
     **{name: ("sdk.core.recipes", name) for name in (
-        "Tolerance", "Fp32", "Fp16", "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize",
+        "Tolerance", "Fp32", "Fp16", "Bf16", "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize",
         "Prune", "LowRank", "DepthwiseSeparable", "Distill")},
     "Drop": ("sdk.core.metrics", "Drop"),
     "devices": ("sdk.devices", None),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import backends
 from sdk.core.metrics import (AccuracyError, Drop, DropResult, Metric, MetricError, MetricResult, drop, evaluate, get,
                               summary)
 
-__all__ = ["AccuracyCheck", "AccuracyReport", "measure", "prepare"]
+__all__ = ["AccuracyCheck", "AccuracyReport", "first_outputs", "measure", "prepare"]
 
 log = logging.getLogger("sdk")
 
@@ -145,11 +145,16 @@ def _measure(check: AccuracyCheck, model_path: Path, manifest: Mapping[str, Any]
                               unavailable=f"the {manifest['runtime']} runtime cannot run on this host: {reason}",
                               fp32=evaluate(check.metric, fp32, check.labels, fp32, "fp32 model"))
     session = backend.load(model_path, manifest)
-    artifact = np.stack([session.run([t.numpy() for t in sample])[0] for sample in check.inputs])
+    artifact = first_outputs(session, check.inputs)
     result = drop(check.metric, fp32, artifact.astype(fp32.dtype, copy=False), check.labels)
     allowed = check.max_drop.allowed(result.baseline.value) if check.max_drop else None
     passed = None if allowed is None else bool(result.value <= allowed)
     return AccuracyReport(check.metric.name, session.ran_on, result, limit, allowed, passed, fp32=result.baseline)
+
+
+def first_outputs(session: Any, inputs: Sequence[tuple[torch.Tensor, ...]]) -> np.ndarray:
+    """A runtime session's first output on every sample, stacked: what the metrics score."""
+    return np.stack([session.run([t.numpy() for t in sample])[0] for sample in inputs])
 
 
 def _first_tensor(value: Any) -> torch.Tensor:
@@ -163,6 +168,20 @@ def _first_tensor(value: Any) -> torch.Tensor:
     return value.detach().cpu()
 
 
+def _unbatched(items: Iterable[Any], example_inputs: Sequence[torch.Tensor]) -> Iterator[tuple[Any, ...]]:
+    """Items as tuples; a batch of B samples (a DataLoader's) is split into B items when the export has batch 1,
+    since the exported graph's shapes are static."""
+    batch_1 = all(t.dim() and t.shape[0] == 1 for t in example_inputs)
+    for item in items:
+        item = (item,) if isinstance(item, torch.Tensor) else tuple(item)
+        sizes = {t.shape[0] for t in item if isinstance(t, torch.Tensor) and t.dim()}
+        if batch_1 and len(sizes) == 1 and (size := sizes.pop()) > 1 and len(item) >= len(example_inputs):
+            yield from (tuple(t[row:row + 1] if isinstance(t, torch.Tensor) and t.dim() else t for t in item)
+                        for row in range(size))
+        else:
+            yield item
+
+
 def _read(eval_data: Iterable[Any], example_inputs: Sequence[torch.Tensor]
           ) -> tuple[list[tuple[torch.Tensor, ...]], np.ndarray | None]:
     """(input tuples, stacked labels or None) from items shaped (inputs..., label)."""
@@ -173,8 +192,7 @@ def _read(eval_data: Iterable[Any], example_inputs: Sequence[torch.Tensor]
         raise MetricError(f"eval_data must be an iterable of (inputs..., label), "
                           f"got {type(eval_data).__name__}") from None
     inputs, labels = [], []
-    for i, item in enumerate(iterator):
-        item = (item,) if isinstance(item, torch.Tensor) else tuple(item)
+    for i, item in enumerate(_unbatched(iterator, example_inputs)):
         sample = item[:n_inputs]
         if len(sample) < n_inputs or not all(isinstance(t, torch.Tensor) for t in sample):
             raise MetricError(f"eval_data item {i} must start with the model's {n_inputs} input tensor(s), then "

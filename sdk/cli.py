@@ -21,7 +21,7 @@ from rich.table import Table
 
 from sdk import devices, preflight, recipe_file
 from sdk.agent.spec import RunSpec
-from sdk.core.errors import SdkError, UserInputError
+from sdk.core.errors import AccuracyError, SdkError, UserInputError
 from sdk.progress import Progress, key_for, quiet_third_party_bars
 from sdk.summary import WIDTH, DeviceOutcome, compact_lines, fmt_size, write_summary
 
@@ -157,7 +157,8 @@ def export_cmd(
     device: list[str] = typer.Option([], "--device", "-d", help="Device id or alias; repeat, or 'all'"),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Output folder (default out); bundles go to OUT/<device-id>/"),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Comma-separated recipe, e.g. lowrank:0.5,distill,int8"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Comma-separated recipe, e.g. "
+                                         "lowrank:0.5,distill,int8; 'auto': a short sdk.optimize search per device"),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration data: file.py:loader (iterable of input tuples)"),
     shape: list[str] = typer.Option([], "--shape", help="Input shape like 1x3x224x224 (repeat per input)"),
     validate: Optional[bool] = typer.Option(None, "--validate/--no-validate",
@@ -170,6 +171,13 @@ def export_cmd(
     max_seq_len: int = typer.Option(512, "--max-seq-len", help="KV cache length for --task text-generation"),
     config: Optional[Path] = typer.Option(None, "--config", help="A TOML file with any of these options (model, "
                                           "device, recipe, calibration, ...); flags given here win"),
+    eval_data: Optional[str] = typer.Option(None, "--eval", help="Eval data: file.py:loader ((inputs..., label) "
+                                            "items) for --metric; --recipe auto without it: agreement on "
+                                            "--calibration"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="top1, top5, spearman, agreement, cosine (default "
+                                         "top1 with --eval)"),
+    max_drop: Optional[str] = typer.Option(None, "--max-drop", help="Largest metric drop allowed, like 1% or 0.01 "
+                                           "(with --metric; --recipe auto: default 1%)"),
 ) -> None:
     """Export a model to one or more devices: one line per device, report.html in each bundle."""
     spec = recipe_file.merge(config, model=model, device=device, out=out, recipe=recipe, calibration=calibration,
@@ -178,8 +186,12 @@ def export_cmd(
         spec.model, list(spec.device), Path(spec.out or "out"), spec.recipe, spec.calibration, list(spec.shape),
         spec.agent, spec.min_cosine)
     validate = spec.validate is not False
-    targets = preflight.check_cli_export(model, device, recipe=recipe, calibration=calibration, out=out,
-                                         min_cosine=min_cosine, agent=agent)  # before torch and the model load
+    auto = recipe == "auto"
+    targets = preflight.check_cli_export(model, device, recipe=None if auto else recipe, calibration=calibration,
+                                         out=out, min_cosine=min_cosine, agent=agent)  # before torch and the model
+    if auto and not (eval_data or calibration):
+        raise UserInputError("--recipe auto searches recipes against a metric: give --eval file.py:loader "
+                             "((inputs..., label) items, with --metric), or --calibration for agreement with fp32")
     import sdk
 
     if task is not None:
@@ -195,14 +207,30 @@ def export_cmd(
         return _export_llm(net, model, targets, task=task, recipe=recipe, calibration=calib, out=out,
                            validate=validate, max_seq_len=max_seq_len)
     tolerance = sdk.Tolerance(min_cosine=min_cosine) if min_cosine is not None else None
+    labeled = None
+    if eval_data:
+        labeled, _ = _load_attr(eval_data, "--eval")
+        labeled = labeled() if callable(labeled) else labeled
+    metric = metric or ("top1" if labeled is not None else "agreement" if auto else None)
+    drop = _fraction(max_drop, "--max-drop") if max_drop else 0.01 if auto else None
+    searched = {}  # --recipe auto: each device's search, whose best is then exported below
+    for target in targets if auto else ():
+        res = searched[target] = _auto_recipe(net, target, inputs, calib, labeled, metric, drop, out, tolerance)
+        console.print(f"{target}: chosen by the search: [bold]{res.best.label}[/bold] "
+                          f"({res.speedup(res.best):.2f}x the fp32 export's p50, drop {res.best.drop}); "
+                      f"search report: {res.output_dir / 'report.html'}", highlight=False)
     outcomes: list[DeviceOutcome] = []
     interactive = console.is_terminal
     with console.status("starting") as status, _toolchain_output(keep=_state["debug"]):
         for target in targets:
             try:
                 with Progress(key_for(target, recipe), show=status.update) as tracker:
-                    res = sdk.export(net, target, inputs, recipe=recipe, calibration=calib, output_dir=out,
-                                     validate=agent or validate, tolerance=tolerance)
+                    if auto:
+                        res = searched[target].export(out)
+                    else:
+                        res = sdk.export(net, target, inputs, recipe=recipe, calibration=calib, output_dir=out,
+                                         validate=agent or validate, tolerance=tolerance, eval_data=labeled,
+                                         metric=metric, max_drop=drop)
                 if interactive:  # the estimate's history is this user's own runs at a terminal
                     tracker.done(res.report["timings_s"]["total_s"])
                 outcomes.append(DeviceOutcome.from_report(res.report, res.artifact.path))
@@ -213,6 +241,35 @@ def export_cmd(
     _print_outcomes(model, outcomes, out)
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)
+
+
+def _auto_recipe(net: Any, target: str, inputs: Any, calib: Any, labeled: Any, metric: str, max_drop: float,
+                 out: Path, tolerance: Any) -> Any:
+    """A short sdk.optimize search (Budget(trials=8, minutes=10)) on the local agent, progress per trial."""
+    import sdk
+
+    if labeled is None:  # agreement with the fp32 model on the last 20% of the calibration data
+        calib = list(calib)
+        labeled, calib = calib[len(calib) * 4 // 5:], calib[:len(calib) * 4 // 5]
+    console.print(f"{target}: searching recipes ({metric}, max drop {max_drop:g}; Budget(trials=8, minutes=10))",
+                  highlight=False)
+    with _toolchain_output(keep=_state["debug"]):
+        res = sdk.optimize(net, target, inputs, eval_data=labeled, calibration=calib, metric=metric,
+                           max_drop=max_drop, budget=sdk.Budget(trials=8, minutes=10), tolerance=tolerance,
+                           output_dir=out / "optimize" / target, progress=_print_trial)
+    if res.best is None:
+        raise AccuracyError(f"{target}: --recipe auto found no recipe within --max-drop {max_drop:g}: {res.why}")
+    return res
+
+
+def _print_trial(c: Any) -> None:
+    """One line per optimize trial."""
+    if c.status != "measured":
+        console.print(f"trial {c.trial}: {c.label}: [yellow]{c.reason}[/yellow]", highlight=False)
+        return
+    unmet = "" if c.feasible else f" ({'; '.join(c.violations)})"
+    console.print(f"trial {c.trial}: {c.label}: drop {c.drop.value:+.4f}, p50 {c.latency_p50_ms} ms, "
+                  f"{c.size_mb:.3f} MB{unmet}", highlight=False)
 
 
 def _print_outcomes(model: str, outcomes: list[DeviceOutcome], out: Path) -> None:
@@ -480,7 +537,7 @@ def optimize_cmd(
     eval_data: str = typer.Option(..., "--eval", help="Eval data: file.py:loader ((inputs..., label) batches)"),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration data: file.py:loader"),
     shape: list[str] = typer.Option([], "--shape", help="Input shape like 1x3x224x224 (repeat per input)"),
-    metric: str = typer.Option("top1", "--metric", help="top1 (labeled eval data) or agreement (with the fp32 model)"),
+    metric: str = typer.Option("top1", "--metric", help="top1, top5, spearman (labeled eval data), agreement or cosine (with fp32)"),
     max_drop: str = typer.Option("1%", "--max-drop", help="Largest metric drop allowed against the fp32 export"),
     objective: str = typer.Option("latency", "--objective", help="latency, energy, size or memory"),
     trials: int = typer.Option(20, "--trials", help="Trials in the study in all (a resumed study counts its own)"),
@@ -499,20 +556,12 @@ def optimize_cmd(
                                                                             (calibration, "--calibration"))]
     labeled, calib = (x() if callable(x) else x for x in loaders)
 
-    def progress(c: Any) -> None:
-        if c.status != "measured":
-            console.print(f"trial {c.trial}: {', '.join(c.recipe)}: [yellow]{c.reason}[/yellow]", highlight=False)
-            return
-        unmet = "" if c.feasible else f" ({'; '.join(c.violations)})"
-        console.print(f"trial {c.trial}: {', '.join(c.recipe)}: drop {c.drop.value:+.4f}, p50 {c.latency_p50_ms} ms, "
-                      f"{c.size_mb:.3f} MB{unmet}", highlight=False)
-
     with _toolchain_output(keep=_state["debug"]):
         res = sdk.optimize(net, device, inputs, eval_data=labeled, calibration=calib, metric=metric,
                            max_drop=_fraction(max_drop, "--max-drop"), objective=objective,
                            constraints={"size_mb": size_mb} if size_mb is not None else None,
                            budget=sdk.Budget(trials=trials, minutes=minutes, distill_steps=distill_steps),
-                           agent=agent, study=out / "study.db", output_dir=out, progress=progress)
+                           agent=agent, study=out / "study.db", output_dir=out, progress=_print_trial)
     cost = res.cost
     table = Table(title=f"sdk.optimize on {res.space.device}: {cost.minutes} min, {cost.device_s} s on the device")
     shown = [COLUMNS.index(c) for c in ("trial", "recipe", "drop [95% CI]", "p50 ms [95% CI]", "vs fp32", "size MB",
@@ -522,7 +571,7 @@ def optimize_cmd(
     for row in table_rows(res):
         table.add_row(*(row[i] for i in shown))
     console.print(table)
-    console.print(f"best: {', '.join(res.best.recipe)}" if res.best else f"[red]no recipe chosen[/red]: {res.why}",
+    console.print(f"best: {res.best.label}" if res.best else f"[red]no recipe chosen[/red]: {res.why}",
                   highlight=False)
     console.print(f"report: {out / 'report.html'}", highlight=False)
     if res.best is None:

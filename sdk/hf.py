@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from converters.quant.sensitivity import hf_conv1d
 from sdk.core.errors import InvalidInputsError, UnsupportedError, closest
 
-__all__ = ["TASKS", "TaskSpec", "is_transformers_model", "prepare"]
+__all__ = ["TASKS", "TaskSpec", "conv1d_as_linear", "is_transformers_model", "prepare"]
 
 #: tokens in the example built for text tasks when no example_inputs are given
 TEXT_LENGTH = 16
@@ -45,6 +46,38 @@ def is_transformers_model(model: Any) -> bool:
     """True for a `transformers.PreTrainedModel`, checked without importing transformers."""
     return any(cls.__module__.split(".")[0] == "transformers" and cls.__name__ == "PreTrainedModel"
                for cls in type(model).__mro__)
+
+
+def conv1d_as_linear(model: torch.nn.Module) -> list[str]:
+    """Replace, in place, every Hugging Face `Conv1D` (GPT-2's weight layers: weight (in, out), forward = addmm) by
+    the equivalent `nn.Linear` (the same weight, transposed); returns the qualified names replaced.
+
+    Why: the toolchains' quantizers find linear layers by their pattern (PT2E's XNNPACKQuantizer annotates
+    `aten.linear`, not `addmm`), so a GPT-2 exported as is came out of int8 with 1 of 9 weight matrices
+    quantized. Each module keeps its name, so keep_float, sensitivity and the report name the same layers.
+
+    >>> from transformers.pytorch_utils import Conv1D
+    >>> m = torch.nn.Sequential(Conv1D(4, 3))
+    >>> conv1d_as_linear(m), type(m[0]).__name__, tuple(m[0].weight.shape)
+    (['0'], 'Linear', (4, 3))
+    """
+    conv1d = hf_conv1d()
+    if conv1d is None:
+        return []
+    replaced = [name for name, module in model.named_modules() if isinstance(module, conv1d)]
+    linears: dict[int, torch.nn.Linear] = {}  # a Conv1D shared by two parents stays one (shared) Linear
+    for parent in model.modules():
+        for attr, child in list(parent.named_children()):
+            if isinstance(child, conv1d):
+                if id(child) not in linears:
+                    linear = torch.nn.Linear(child.nx, child.nf, bias=child.bias is not None,
+                                             device=child.weight.device, dtype=child.weight.dtype)
+                    linear.weight = torch.nn.Parameter(child.weight.detach().t().contiguous(),
+                                                       requires_grad=child.weight.requires_grad)
+                    linear.bias = child.bias
+                    linears[id(child)] = linear.train(child.training)
+                setattr(parent, attr, linears[id(child)])
+    return replaced
 
 
 class TaskModule(torch.nn.Module):

@@ -54,13 +54,16 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
            output_dir: str | Path = "out", validate: bool | str = True,
            eval_data: Iterable[Any] | None = None, task: str | None = None, max_seq_len: int = 512,
            tokenizer: Any = None, metric: str | Callable[..., float] | None = None,
-           max_drop: float | Drop | None = None) -> ExportResult:
+           max_drop: float | Drop | None = None, keep_float: Iterable[str] = ()) -> ExportResult:
     """Compress, convert and validate `model` for `device`; write the bundle to `<output_dir>/<device-id>/`.
 
     `recipe` is a list of configs or their strings (default: the profile's default recipe);
     `calibration` an iterable of input tuples (a DataLoader works); quantized recipes are checked on
-    `eval_data`, else on the last 20% of `calibration`; with a `tolerance`, the most sensitive layers
-    are kept in float until it is met. `validate` is True (run the bundle here, where its runtime
+    `eval_data`, else on the last 20% of `calibration`: the most sensitive layers are kept in float until
+    `tolerance` (default: the recipe's, e.g. min cosine 0.99 for int8) holds on every one of those held-out
+    inputs, else ParityError and no bundle. `keep_float` names modules (as model.named_modules() lists them)
+    a quantized recipe leaves in float on purpose; a scheme that leaves most weight layers float unasked is
+    refused. `validate` is True (run the bundle here, where its runtime
     exists), False (skip; the report says so) or an agent URL. A Hugging Face model takes `task=` (see sdk.hf),
     which builds example_inputs from its config when none are given. `progress=True` shows the stage, the time so
     far and an estimate on stderr.
@@ -88,10 +91,16 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     model, example_inputs, task_info = hf.prepare(model, example_inputs, task)
     inputs = _check_inputs(model, example_inputs)
     original = copy.deepcopy(model).eval()  # never change the caller's model (mode, weights)
+    as_linear = hf.conv1d_as_linear(original)  # GPT-2's Conv1D as nn.Linear, which every quantizer takes
     reference_out = _run_model(original, inputs, check=True)
     plan = recipes.resolve(profile, recipe)
     converter = converters.get(profile.format)
     driver.check_target(converter, profile, plan.precision)  # refuse before any long pass
+    keep_float = frozenset([keep_float] if isinstance(keep_float, str) else keep_float)
+    if keep_float and not plan.precision.quantizes:
+        raise InvalidInputsError(f"keep_float={sorted(keep_float)} names layers for a quantized recipe to leave in "
+                                 f"float, but {plan.precision} quantizes no layer: drop keep_float, or add one of "
+                                 f"{profile.id}'s precisions to the recipe ({', '.join(profile.precisions)})")
     tol = plan.tolerance(tolerance)
     calib = _materialize_calibration(calibration, inputs, "calibration")
     accuracy_check = accuracy.prepare(eval_data, inputs, metric, max_drop)
@@ -123,7 +132,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
         t0 = time.perf_counter()
         job = ConversionJob(model=student, example_inputs=inputs, recipe=plan, profile=profile, workdir=writer.staging,
                             input_names=[f"in_{i}" for i in range(len(inputs))],
-                            output_names=[f"out_{i}" for i in range(len(reference_out))], calibration=calib)
+                            output_names=[f"out_{i}" for i in range(len(reference_out))], calibration=calib,
+                            keep_float=keep_float)
         controlled: list[accuracy.AccuracyReport] = []  # accuracy control's measurements; the last is the file's
         quant_control = None  # what the quantization driver measured (held-out parity, sensitivity, fallback)
         if split is not None:
@@ -139,6 +149,10 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
         else:
             result = converter.convert(job)
         timings["convert_s"] = time.perf_counter() - t0
+        if as_linear:
+            result.notes.append(f"{len(as_linear)} Hugging Face Conv1D layer(s) ({', '.join(as_linear[:3])}"
+                                f"{', ...' if len(as_linear) > 3 else ''}) exported as the equivalent nn.Linear "
+                                "(weight transposed, outputs identical), the form every toolchain's quantizer takes")
 
         np_inputs = [t.detach().cpu().numpy() for t in inputs]
         np_outputs = [t.detach().cpu().numpy() for t in reference_out]
@@ -161,7 +175,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
                               passes=passes_report, timings=timings)
         parity = report["parity"]
         if parity.get("passed") is False:
-            raise ParityError(explain.parity_failure(report, user_tolerance=tolerance is not None), parity)
+            raise ParityError(explain.parity_failure(report), parity)
         if accuracy_check:
             report["accuracy"] = accuracy_check.run(writer.staging, manifest, original,
                                                     measured=controlled[-1] if controlled else None)

@@ -73,8 +73,10 @@ def warn_small_calibration(config: Config, calibrated: list[tuple], given: int, 
 class HeldOutEvaluator:
     """Runs a staged model file on held-out inputs with the host runtime, or simulates when none exists."""
 
-    def __init__(self, job: ConversionJob, heldout: Sequence[tuple], calibration: Sequence[tuple] | None):
+    def __init__(self, job: ConversionJob, heldout: Sequence[tuple], calibration: Sequence[tuple] | None,
+                 tolerance: Tolerance):
         self.job, self.heldout, self.calibration = job, heldout, calibration or [job.example_inputs]
+        self.tolerance = tolerance
         self.reference = [[t.float().numpy() for t in _flat(job.model(*x))] for x in heldout]
         backend = backends.get(job.profile.runtime)
         self.unavailable = backend.unavailable_reason()
@@ -94,7 +96,7 @@ class HeldOutEvaluator:
                for i in range(len(outputs[0]))]
         ref = [np.concatenate([r[i].reshape(1, -1) if r[i].ndim < 2 else r[i] for r in self.reference])
                for i in range(len(self.reference[0]))]
-        return {"ran_on": ran_on, "samples": len(self.heldout), **compare(got, ref, {"min_cosine": -1.0})}
+        return {"ran_on": ran_on, "samples": len(self.heldout), **compare(got, ref, self.tolerance.to_dict())}
 
     def load_manifest(self, result: ConversionResult) -> dict[str, Any]:
         """What a runtime needs to load the staged file (the bundle's manifest is written only after conversion)."""
@@ -129,15 +131,17 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
                       max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS,
                       accuracy: Callable[[Path, dict[str, Any]], AccuracyReport] | None = None,
                       ) -> tuple[ConversionResult, dict[str, Any]]:
-    """Convert with the job's quantization config; keep the worst layers in float until a user tolerance holds
-    and, with `accuracy` (accuracy control: staged file, load manifest -> AccuracyReport), until the task
-    metric's drop holds on the target's runtime.
+    """Convert with the job's quantization config; keep the worst layers in float until `tolerance` (the user's,
+    else the recipe's default) holds on every held-out input and, with `accuracy` (accuracy control: staged file,
+    load manifest -> AccuracyReport), until the task metric's drop holds on the target's runtime. The held-out
+    inputs decide, not the single example: one random tensor says little about the data the model meets.
+    `job.keep_float` (the user's) stays float in every attempt.
 
     Returns the last conversion (its account names the fallback's layers) and what this control measured
     (held-out parity, sensitivity, the fallback's steps), which the report adds beside the account."""
     config = job.precision
     calib = job.calibration or [job.example_inputs]
-    evaluate = HeldOutEvaluator(job, heldout, job.calibration)
+    evaluate = HeldOutEvaluator(job, heldout, job.calibration, tolerance)
     keep: list[str] = []
     steps: list[dict[str, Any]] = []
     sensitivity: list[dict[str, Any]] | None = None
@@ -145,7 +149,7 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
     result = parity = problems = None
     while True:
         _clear(job.workdir)
-        attempt = replace(job, keep_float=frozenset(keep))
+        attempt = replace(job, keep_float=job.keep_float | frozenset(keep))
         log.info("quantizing (%s) with %d layer(s) kept in float", config, len(keep))
         try:
             candidate = converter.convert(attempt)
@@ -158,9 +162,9 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
             parity = evaluate(result, attempt.keep_float)
             metric = accuracy(job.workdir / result.model_file, evaluate.load_manifest(result)) if accuracy else None
             missed_metric = _metric_misses(metric)
-            problems = _misses(parity, tolerance) + missed_metric
-            blocking = problems if user_tolerance else missed_metric
-            steps.append({"kept_float": list(keep), "min_cosine": min(o["cosine"] for o in parity["outputs"]),
+            problems = parity["failures"] + missed_metric
+            cosines = (o["cosine"] for o in parity["outputs"])
+            steps.append({"kept_float": list(keep), "min_cosine": _min_or_none(cosines),
                           "min_sqnr_db": _min_or_none(o["sqnr_db"] for o in parity["outputs"]), "met": not problems,
                           **({"metric_drop": _drop_record(metric)} if metric is not None else {})})
             if sensitivity is None:  # after the first conversion, which says whether activations were quantized
@@ -168,7 +172,7 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
                 sensitivity = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES],
                                                 heldout[:MAX_SENSITIVITY_SAMPLES],
                                                 weight_only=result.quantization.weight_only)
-            if not blocking:
+            if not problems:
                 break
         skip = set(keep) | set(unexcludable) | toolchain_float_layers(result)
         remaining = [row["layer"] for row in sensitivity if row["layer"] not in skip]
@@ -183,17 +187,20 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
                     "calibration data, or a larger max_drop.",
                     {**metric.to_dict(), "control": {"kept_float": list(keep), "steps": steps,
                                                      "unexcludable": unexcludable}})
+            whose = "" if user_tolerance else f" (the default for {config}: pass tolerance= to set your own)"
+            reached = [s["min_cosine"] for s in steps if s["min_cosine"] is not None]  # None: NaN/Inf outputs
             raise ParityError(
-                f"{job.profile.id}: {config} could not meet {tolerance} on held-out data even with {len(keep)} "
-                f"layer(s) kept in float ({', '.join(keep) or 'none'}); best reached: min cosine "
-                f"{max(s['min_cosine'] for s in steps):.6f} ({'; '.join(problems)}). Try a gentler scheme "
-                "(int8 instead of int4, palettize with more bits), more representative calibration data, "
-                "or a looser tolerance.", {"steps": steps, "unexcludable": unexcludable})
+                f"{job.profile.id}: {config} could not meet {tolerance}{whose} on held-out data ({heldout_source}) "
+                f"even with {len(keep)} layer(s) kept in float ({', '.join(keep) or 'none'}); best reached: "
+                f"{f'min cosine {max(reached):.6f}' if reached else 'no finite output'} ({'; '.join(problems)}). "
+                "No bundle was written. "
+                "Try a gentler scheme (int8 instead of int4, palettize with more bits), more representative "
+                "calibration data, or a looser tolerance.", {"steps": steps, "unexcludable": unexcludable})
         keep.append(remaining[0])
 
     account = result.quantization
     floats = {entry.name: entry for entry in account.float_layers}
-    goal = "max_drop" if accuracy else "the tolerance"
+    goal = "the tolerance and max_drop" if accuracy else "the tolerance"
     for name in keep:  # the converter saw these as requested; say who requested them and why
         floats[name] = FloatLayer(name, f"kept in float by the fallback to meet {goal}")
     result.quantization = replace(account, float_layers=list(floats.values()))
@@ -205,17 +212,12 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
                                   + (" (weights only, as the artifact keeps activations in float)"
                                      if account.weight_only else ""),
                         "layers_measured": len(sensitivity), "worst": sensitivity[:TOP_OFFENDERS]},
-        "fallback": {"tolerance": tolerance.to_dict() if user_tolerance else None,
+        "fallback": {"tolerance": tolerance.to_dict(), "tolerance_from": "tolerance=" if user_tolerance else
+                     f"the default for {config}",
                      "max_drop": metric.max_drop if accuracy else None,
                      "kept_float": keep, "steps": steps, "could_not_exclude": unexcludable},
         "quantizable_layers": len(quantizable_layers(job.model)),
     }
-
-
-def _misses(parity: dict[str, Any], tolerance: Tolerance) -> list[str]:
-    from sdk.core.parity import failures
-
-    return [msg for o in parity["outputs"] for msg in failures(o, tolerance.to_dict())]
 
 
 def _metric_misses(metric: AccuracyReport | None) -> list[str]:

@@ -37,7 +37,7 @@ def build_report(*, profile: "DeviceProfile", plan: "Recipe", manifest: Mapping[
         "quantization": None if conversion.quantization is None
         else {**to_dict(conversion.quantization), **(quant_control or {})},
         "passes": passes,
-        "parity": _parity(validation),
+        "parity": _parity(validation, quant_control),
         **_measurements(validation),
         "validation": {k: v for k, v in validation.items() if k != "parity"},
         "roofline": _roofline(profile, plan, macs, size),
@@ -65,11 +65,21 @@ def _measurements(validation: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _parity(validation: Mapping[str, Any]) -> dict[str, Any]:
-    if not validation.get("ran"):
-        return {"ran_on": None, "reason": validation.get("reason"), "outputs": [], "passed": None}
-    parity = dict(validation["parity"])
-    return {"ran_on": validation.get("ran_on"), "reason": None, **parity}
+def _parity(validation: Mapping[str, Any], quant_control: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The bundle's reference check, and `decided_by`: every input set the parity verdict rests on. A quantized
+    recipe is judged first on its held-out inputs (the tolerance on each; the fallback ran against them), then
+    on the reference input (example_inputs, in reference.npz), which a device re-checks; either failing refuses
+    the export."""
+    if validation.get("ran"):
+        parity = {"ran_on": validation.get("ran_on"), "reason": None, **validation["parity"]}
+    else:
+        parity = {"ran_on": None, "reason": validation.get("reason"), "outputs": [], "passed": None}
+    heldout = (quant_control or {}).get("heldout")
+    held = [{"inputs": "held-out", "source": heldout["source"], "samples": heldout["samples"],
+             "ran_on": heldout["ran_on"], "passed": heldout["passed"]}] if heldout else []
+    reference = {"inputs": "reference", "source": "example_inputs (reference.npz)", "samples": 1,
+                 "ran_on": parity["ran_on"], "passed": parity["passed"]}
+    return {**parity, "decided_by": [*held, reference]}
 
 
 def _roofline(profile: "DeviceProfile", plan: "Recipe", macs: int, size_bytes: int) -> dict[str, Any]:

@@ -150,6 +150,13 @@ def _parity(report: Mapping[str, Any]) -> str:
                 for o in heldout.get("outputs", [])]
         out.append(f"<p>held-out data ({escape(heldout.get('source'))}) on {escape(heldout.get('ran_on'))}: "
                    f"{status(heldout.get('passed'))}</p>" + table(rows, ["output", "cosine", "SQNR dB", "top-1"]))
+    decided = parity.get("decided_by") or []
+    if decided:
+        rows = [[escape(d.get("inputs")), escape(d.get("source")), escape(d.get("samples")),
+                 status("not run" if d.get("passed") is None else d["passed"])]
+                for d in decided]
+        out.append("<p>the verdict rests on these inputs (each must pass)</p>"
+                   + table(rows, ["inputs", "source", "samples", "passed"]))
     metric = report.get("metric")
     if metric:
         out.append(table([[escape(k), _num(v)] for k, v in metric.items() if not isinstance(v, (dict, list))]))

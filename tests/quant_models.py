@@ -4,12 +4,9 @@ an MLP that per-channel INT8 breaks in one known layer, and image-like inputs.""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 from torch import nn
-
-import sdk
 
 #: What every quantized export's report carries: the converter's account and the driver's checks.
 REPORT_KEYS = frozenset({"toolchain", "scheme", "quantized_layers", "float_layers", "weight_dtypes",
@@ -56,11 +53,12 @@ def trained_bn(model: nn.Module, samples: Iterable[tuple[torch.Tensor, ...]]) ->
 
 class DeadInputOutlier(nn.Module):
     """`mid` has a huge weight on an input that is always zero: harmless in float, but it sets every
-    per-channel INT8 scale, so all its other weights round to zero. Only keeping `mid` in float fixes it."""
+    per-channel INT8 scale, so all its other weights round to zero. Only keeping `mid` in float fixes it.
+    `inputs` and `outputs` set the widths of the first and last layers."""
 
-    def __init__(self) -> None:
+    def __init__(self, inputs: int = 16, outputs: int = 8) -> None:
         super().__init__()
-        self.inp, self.mid, self.out = nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 8)
+        self.inp, self.mid, self.out = nn.Linear(inputs, 64), nn.Linear(64, 64), nn.Linear(64, outputs)
         with torch.no_grad():
             self.inp.weight[0].zero_()
             self.inp.bias[0] = -1.0  # ReLU makes input 0 of `mid` zero for every sample
@@ -81,19 +79,3 @@ def noise_images(n: int, seed: int, size: int) -> list[tuple[torch.Tensor]]:
     """Uniform noise in [-1, 1), `size` x `size`."""
     g = torch.Generator().manual_seed(seed)
     return [(torch.rand(1, 3, size, size, generator=g) * 2 - 1,) for _ in range(n)]
-
-
-def export_int8(model: nn.Module, device: str, output_dir: Path) -> sdk.ExportResult:
-    """`model` through sdk.export to INT8 for `device`, calibrated on 20 images (the driver holds out the last 4)."""
-    return sdk.export(model, device, images(1, 0)[0], recipe=["int8"], calibration=images(20, 4),
-                      output_dir=output_dir)
-
-
-def export_dead_input_outlier(device: str, output_dir: Path) -> sdk.ExportResult:
-    """DeadInputOutlier through sdk.export to INT8 for `device`, with a tolerance (min cosine 0.99) that only
-    keeping `mid` in float meets."""
-    torch.manual_seed(5)
-    model = DeadInputOutlier().eval()
-    calibration = [(torch.randn(1, 16),) for _ in range(20)]
-    return sdk.export(model, device, calibration[0], recipe=["int8"], calibration=calibration,
-                      tolerance=sdk.Tolerance(min_cosine=0.99), output_dir=output_dir)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from target_helpers import make_job
 from torch import nn
 
 ct = pytest.importorskip("coremltools")
@@ -17,8 +18,7 @@ ct = pytest.importorskip("coremltools")
 import backends  # noqa: E402
 import converters  # noqa: E402
 from sdk.core.readers.coreml import spec_summary  # noqa: E402
-from converters.base import ConversionJob  # noqa: E402
-from sdk import devices, recipes  # noqa: E402
+from sdk import devices  # noqa: E402
 from sdk.core.errors import ConversionError, ProfileError  # noqa: E402
 from sdk.core.results import Unavailable  # noqa: E402
 
@@ -53,10 +53,7 @@ class Passthrough(nn.Module):
 
 def convert(model: nn.Module, inputs: tuple, device: str, recipe: str | None, workdir: Path, n_out: int = 1,
             profile: devices.DeviceProfile | None = None):
-    profile = profile or devices.get(device)
-    job = ConversionJob(model=model.eval(), example_inputs=inputs, recipe=recipes.resolve(profile, recipe),
-                        profile=profile, workdir=workdir, input_names=[f"in_{i}" for i in range(len(inputs))],
-                        output_names=[f"out_{i}" for i in range(n_out)])
+    job = make_job(model.eval(), inputs, profile or devices.get(device), workdir, recipe, n_out)
     return converters.get("coreml").convert(job)
 
 

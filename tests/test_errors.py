@@ -37,7 +37,7 @@ def test_runtime_failure_in_heldout_evaluation_is_translated_with_its_cause(tmp_
     model, x = torch.nn.Linear(4, 2).eval(), (torch.randn(1, 4),)
     job = make_job(model, x, sdk.devices.get("jetson"), tmp_path)
     (tmp_path / "model.onnx").write_bytes(b"not an onnx file")
-    evaluate = HeldOutEvaluator(job, [x], None)
+    evaluate = HeldOutEvaluator(job, [x], None, sdk.Tolerance())
     with pytest.raises(errors.ConversionError, match="failed to run in tensorrt on the held-out inputs") as info:
         evaluate(ConversionResult(model_file="model.onnx"), frozenset())
     assert info.value.__cause__ is not None and not isinstance(info.value.__cause__, errors.SdkError)

@@ -13,10 +13,8 @@ from target_helpers import make_job, outputs_of, specs
 import backends
 import converters
 import sdk.devices
-import sdk.core.recipes
-from backends import InputMismatchError
 from converters import ConversionResult
-from sdk.core.errors import BundleError, ConversionError
+from sdk.core.errors import BundleError
 from sdk.core.parity import compare
 
 pytest.importorskip("executorch")
@@ -34,11 +32,6 @@ class MeanPoolCNN(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
-
-
-class DataDependentBranch(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 2 if x.sum() > 0 else x - 1
 
 
 def _manifest(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict:
@@ -73,9 +66,7 @@ def cnn_fp32(small_cnn, tmp_path_factory):
     return _convert_and_run(*small_cnn, tmp_path_factory.mktemp("et_cnn"))
 
 
-def test_cnn_matches_torch_and_is_delegated(cnn_fp32):
-    parity = compare(cnn_fp32.got, cnn_fp32.ref, {"min_cosine": 0.9999})
-    assert parity["passed"], parity["failures"]
+def test_xnnpack_takes_the_whole_cnn_in_one_subgraph(cnn_fp32):
     cov = cnn_fp32.result.coverage
     assert cov.delegate == "XnnpackBackend" and cov.unit == "nodes"
     assert cov.fraction > 0.9
@@ -83,7 +74,7 @@ def test_cnn_matches_torch_and_is_delegated(cnn_fp32):
     assert cov.details["delegated_subgraphs"] == 1
 
 
-def test_refused_op_comes_with_xnnpack_reason(tmp_path):
+def test_op_xnnpack_refuses_runs_on_portable_kernels_with_its_reason(tmp_path):
     run = _convert_and_run(MeanPoolCNN().eval(), (torch.randn(1, 3, 8, 8),), tmp_path)
     assert compare(run.got, run.ref, {"min_cosine": 0.9999})["passed"]
     cov = run.result.coverage
@@ -92,18 +83,12 @@ def test_refused_op_comes_with_xnnpack_reason(tmp_path):
     assert cov.details["delegated_subgraphs"] == 2 and cov.fraction == 0.75  # conv, ReLU, linear | mean
 
 
-def test_session_reports_runtime_and_refuses_wrong_inputs(cnn_fp32):
-    session = cnn_fp32.session
-    assert session.ran_on.startswith("executorch ") and "XNNPACK" in session.ran_on
-    with pytest.raises(InputMismatchError, match="shape"):
-        session.run([np.zeros((1, 3, 16, 16), np.float32)])
-    with pytest.raises(InputMismatchError, match="float32"):
-        session.run([np.zeros((1, 3, 8, 8), np.float64)])
-    with pytest.raises(InputMismatchError, match="1 input"):
-        session.run([])
+def test_session_says_it_ran_on_executorch_with_xnnpack(cnn_fp32):
+    ran_on = cnn_fp32.session.ran_on
+    assert ran_on.startswith("executorch ") and "XNNPACK" in ran_on
 
 
-def test_manifest_that_does_not_match_the_program_is_refused(cnn_fp32, small_cnn):
+def test_manifest_that_does_not_match_the_pte_program_is_refused(cnn_fp32, small_cnn):
     manifest = _manifest(*small_cnn)
     manifest["inputs"][0]["shape"] = [1, 3, 16, 16]
     with pytest.raises(BundleError, match=r"model.pte takes inputs float32\[1, 3, 8, 8\]"):
@@ -123,10 +108,3 @@ def test_fp16_runs_in_half_with_float32_io(small_cnn, cnn_fp32, tmp_path):
     # XNNPACK's FuseBatchNormPass folds into it, is stored fp32
     assert run.result.quantization.weight_dtypes == {"fp16": 1, "fp32": 1}
     assert run.path.stat().st_size < 0.7 * cnn_fp32.path.stat().st_size  # the 5k linear weights are stored in fp16
-
-
-def test_data_dependent_control_flow_is_explained(tmp_path):
-    with pytest.raises(ConversionError, match="torch.export failed.*torch.cond"):
-        converters.get("executorch").convert(make_job(DataDependentBranch(), (torch.randn(4),), PROFILE, tmp_path))
-
-

@@ -195,3 +195,17 @@ def test_calibration_of_the_wrong_shape_is_named(tiny_cnn, tiny_input, tmp_path)
     with pytest.raises(InvalidInputsError, match=r"calibration item 0, input 0: shape \[1, 3, 32, 32\]"):
         sdk.export(tiny_cnn, "intel-cpu", tiny_input, recipe="int8", calibration=wrong, output_dir=tmp_path)
     _no_partial(tmp_path)
+
+
+def test_bf16_asks_the_openvino_cpu_plugin_for_bf16_and_says_what_ran(tiny_cnn, tiny_input, tmp_path):
+    """bf16 is OpenVINO's CPU default where the CPU has AVX512_BF16/AMX; the bundle asks for it explicitly (the
+    backend otherwise pins f32), and ran_on says whether this CPU computed bf16 or fell back to f32."""
+    import openvino as ov
+
+    res = sdk.export(tiny_cnn, "intel-cpu", tiny_input, recipe=["bf16"], output_dir=tmp_path)
+    assert res.artifact.manifest["runtime_options"]["inference_precision"] == "bf16"
+    assert res.report["quantization"]["activations"] == "bfloat16" and res.report["parity"]["passed"]
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert ("CPU bf16" if has_bf16 else "bf16 asked; this CPU lacks it") in res.report["parity"]["ran_on"]
+    with pytest.raises(UnsupportedRecipeError, match="bf16"):
+        sdk.export(tiny_cnn, "android-arm64", tiny_input, recipe=["bf16"], output_dir=tmp_path / "arm")

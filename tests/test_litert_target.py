@@ -14,19 +14,10 @@ pytest.importorskip("ai_edge_litert")
 import backends  # noqa: E402
 import converters  # noqa: E402
 import sdk.devices  # noqa: E402
-import sdk.core.recipes  # noqa: E402
 from backends import InputMismatchError  # noqa: E402
-from sdk.core.errors import UnsupportedRecipeError  # noqa: E402
 from sdk.core.parity import compare  # noqa: E402
 
 PROFILE = sdk.devices.get("android-litert")
-
-
-class TwoInTwoOut(torch.nn.Module):
-    """Asymmetric in its inputs, with outputs of different shapes: a swapped input or output shows."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (2 * a + b).sum(-1), torch.cat([a, 3 * b], dim=1)
 
 
 class ManyOutputs(torch.nn.Module):
@@ -77,11 +68,9 @@ def cnn_fp16(cnn, tmp_path_factory):
     return _export(*cnn, tmp_path_factory.mktemp("fp16"), "fp16")
 
 
-def test_cnn_fp32_matches_torch_and_runs_on_xnnpack(cnn_fp32):
-    result, session, inputs, ref, _ = cnn_fp32
-    parity = compare(session.run(inputs), ref, {"min_cosine": 0.9999})
-    assert parity["passed"], parity["failures"]
-    assert result.model_file == "model.tflite" and result.quantization is None
+def test_xnnpack_runs_every_op_of_the_fp32_cnn_with_batchnorm_folded(cnn_fp32):
+    result, session, _, _, _ = cnn_fp32
+    assert result.model_file == "model.tflite"
     cov = result.coverage
     op_types = cov.details["op_types"]
     assert op_types["CONV_2D"] == 1 and op_types["FULLY_CONNECTED"] == 1
@@ -101,22 +90,7 @@ def test_fp16_halves_the_weights_and_stays_close(cnn_fp32, cnn_fp16):
     assert path.stat().st_size < 0.7 * cnn_fp32[4].stat().st_size
 
 
-def test_two_inputs_two_outputs_of_different_shapes(tmp_path):
-    torch.manual_seed(1)
-    inputs = (torch.randn(1, 4, 5), torch.randn(1, 4, 5))
-    _, session, np_inputs, ref, path = _export(TwoInTwoOut().eval(), inputs, tmp_path)
-    got = session.run(np_inputs)
-    assert [g.shape for g in got] == [(1, 4), (1, 8, 5)]
-    parity = compare(got, ref, {"min_cosine": 0.9999})
-    assert parity["passed"], parity["failures"]
-    assert not compare(session.run(np_inputs[::-1]), ref, {"min_cosine": 0.9999})["passed"]
-
-    from ai_edge_litert.interpreter import Interpreter
-    signature = Interpreter(model_path=str(path)).get_signature_list()
-    assert signature == {"serving_default": {"inputs": ["in_0", "in_1"], "outputs": ["out_0", "out_1"]}}
-
-
-def test_outputs_keep_their_order_past_ten(tmp_path):
+def test_signature_outputs_keep_their_order_past_ten(tmp_path):
     inputs = (torch.arange(1, 13, dtype=torch.float32).reshape(1, 12),)
     _, session, np_inputs, ref, _ = _export(ManyOutputs().eval(), inputs, tmp_path)
     got = session.run(np_inputs)
@@ -136,16 +110,6 @@ def test_coverage_counts_ops_left_outside_xnnpack(tmp_path):
     assert compare([logits], ref[:1], {"min_cosine": 0.9999})["passed"]
     assert index.dtype == np.int64  # LiteRT computes it in int32 (no x64); the manifest's dtype comes back
     np.testing.assert_array_equal(index, ref[1])
-
-
-def test_wrong_inputs_are_refused_before_the_runtime(cnn_fp32):
-    _, session, inputs, _, _ = cnn_fp32
-    with pytest.raises(InputMismatchError, match="shape"):
-        session.run([np.zeros((1, 3, 8, 8), np.float32)])
-    with pytest.raises(InputMismatchError, match="float32"):
-        session.run([inputs[0].astype(np.float64)])
-    with pytest.raises(InputMismatchError, match="1 input"):
-        session.run([inputs[0], inputs[0]])
 
 
 def test_int64_token_ids_feed_the_int32_model(tmp_path):
@@ -187,10 +151,3 @@ def test_int8_model_io_is_converted_with_the_tensors_own_params(tmp_path):
     assert got[0].dtype == np.float32
     parity = compare(got, ref, {"min_cosine": 0.99})
     assert parity["passed"], parity["failures"]
-
-
-def test_unsupported_precision_is_refused_by_name(tmp_path):
-    job = make_job(TwoInTwoOut().eval(), (torch.randn(1, 2), torch.randn(1, 2)), PROFILE, tmp_path)
-    job.recipe = sdk.core.recipes.Recipe((sdk.core.recipes.Palettize(),))
-    with pytest.raises(UnsupportedRecipeError, match="palettize"):
-        converters.get("litert").convert(job)

@@ -106,3 +106,45 @@ def test_space_proposes_passes_only_when_training_is_allowed():
     assert "lowrank:0.5" in trained.passes
     assert trained.recipe("int8", "lowrank:0.5") == ["lowrank:0.5", "distill:50:5m", "int8"]  # the budget's minutes
     assert sdk.Distill(steps=50, minutes=5) == parse(trained.recipe("int8", "lowrank:0.5"))[1]
+
+
+def test_mixed_precision_keeps_the_planted_sensitive_layer_float(tmp_path):
+    """All-INT8 misses (one huge weight on a dead input sets every scale of `mid`): the export's fallback keeps
+    `mid` in float (for the int8 default tolerance on held-out data, or, exported again with accuracy control,
+    for max_drop); the candidate names it and the best's export repeats it."""
+    import torch
+    from quant_models import DeadInputOutlier
+
+    torch.manual_seed(5)
+    model = DeadInputOutlier().eval()
+    calibration = [(torch.randn(1, 16),) for _ in range(20)]
+    eval_data = [(torch.randn(1, 16),) for _ in range(40)]
+    res = sdk.optimize(model, "jetson", calibration[0], calibration=calibration, eval_data=eval_data,
+                       metric="cosine", max_drop=0.01, objective="size", budget=sdk.Budget(trials=1),
+                       first=[("int8", "none")],
+                       output_dir=tmp_path, repeats=2, iterations=5)
+    (cand,) = res.candidates
+    assert "mid" in cand.kept_float and cand.drop.value <= 0.01, cand
+    assert "kept float: " in cand.label and any("mixed precision" in n for n in res.space.notes)
+    assert res.best is cand and cand.size_mb < res.baseline.size_mb  # int8 with `mid` float is the smallest
+    floats = {f["name"] for f in res.export().report["quantization"]["float_layers"]}
+    assert set(cand.kept_float) <= floats
+
+
+def test_cli_export_recipe_auto_writes_the_searched_best(tmp_path):
+    """`edge-sdk export --recipe auto`: a short search per device, one line per trial, then the best's bundle."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "sdk.cli", "export", "samples/digits_cnn.py:trained", "-d", "jetson",
+                          "--recipe", "auto", "--calibration", "samples/digits_cnn.py:calibration",
+                          "--eval", "samples/digits_cnn.py:labeled", "--max-drop", "2%", "--out", str(tmp_path)],
+                         cwd=root, capture_output=True, text=True, timeout=900, env=dict(os.environ, COLUMNS="200"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "trial 0: " in out.stdout and "chosen by the search" in out.stdout
+    saved = json.loads((tmp_path / "optimize" / "jetson-orin-nano" / "optimize.json").read_text())
+    manifest = json.loads((tmp_path / "jetson-orin-nano" / "manifest.json").read_text())
+    assert manifest["recipe"] == saved["best"]["recipe"]

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
     "__version__", "export", "compress", "load_artifact", "optimize", "Budget", "ExportResult", "Artifact", "Tolerance",
-    "Fp32", "Fp16",
+    "Fp32", "Fp16", "Bf16",
     "Int8Static", "Int8Dynamic", "Int4Weight", "Palettize", "Prune", "LowRank", "DepthwiseSeparable", "Distill",
     "Drop", "devices", "recipes", "errors", "agent", "farm",
 }

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import quant_models
 import torch
-from quant_models import REPORT_KEYS, with_bn_statistics
+from quant_models import with_bn_statistics
 from target_helpers import make_job
 from torch import nn
 
@@ -21,7 +21,6 @@ pytest.importorskip("executorch")
 
 import backends
 import converters
-import sdk
 import sdk.devices
 import sdk.core.recipes
 from converters.executorch import quantize as et_quantize
@@ -49,16 +48,17 @@ class Net(quant_models.Net):
 
 class ConvAndOddLinear(nn.Module):
     """What 8da4w cannot take next to what it can: a conv, a Linear whose 40 inputs do not split into groups of
-    32, and a Linear with 64 inputs."""
+    32, and two Linears with 64 inputs (so most layers are quantized)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 40, 3)
         self.odd = nn.Linear(40, 64)
-        self.even = nn.Linear(64, 8)
+        self.even = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.even(torch.relu(self.odd(self.conv(x).mean(dim=(2, 3)))))
+        return self.head(torch.relu(self.even(torch.relu(self.odd(self.conv(x).mean(dim=(2, 3)))))))
 
 
 def _convert(model: nn.Module, inputs: tuple, workdir: Path, recipe: str | sdk.core.recipes.Config, **fields):
@@ -111,10 +111,9 @@ def fp32_size(net, tmp_path_factory) -> int:
 
 
 @pytest.fixture(scope="module")
-def exported_int8(net, calibration, tmp_path_factory):
-    """sdk.export end to end: driver (held-out split, sensitivity) + this converter + validation."""
-    return sdk.export(net, "android-arm64", (torch.randn(1, 3, 32, 32),), recipe=["int8"], calibration=calibration,
-                      output_dir=tmp_path_factory.mktemp("export"))
+def int8(net, calibration, tmp_path_factory):
+    return _convert(net, (torch.randn(1, 3, 32, 32),), tmp_path_factory.mktemp("int8"), "int8",
+                    calibration=calibration[:16])
 
 
 @pytest.fixture(scope="module")
@@ -134,35 +133,24 @@ def int4(encoder, tmp_path_factory):
                     keep_float=frozenset({"head"}))
 
 
-def test_static_int8_is_small_and_matches_torch(net, exported_int8, fp32_size, heldout):
-    path = exported_int8.artifact.model_path
+def test_static_int8_pte_is_small_with_xnnpack_qc8_weights(net, int8, fp32_size, heldout):
+    result, path = int8
     assert path.stat().st_size <= 0.3 * fp32_size
     assert _cosine(net, path, heldout) >= 0.99
-    q = exported_int8.report["quantization"]
-    assert q["quantized_layers"] == quantizable_layers(net) and q["float_layers"] == []
-    assert q["weight_dtypes"] == {"int8": 5} and q["activations"] == "int8-static"
-    assert q["details"]["xnnpack_datatypes"] == {"weights": {"qcint8": 5}, "biases": {"qcint32": 5},
-                                                 "inputs": {"qint8": 5}}
+    q = result.quantization
+    assert "XNNPACKQuantizer" in q.toolchain and "16 calibration samples" in q.scheme
+    assert q.quantized_layers == quantizable_layers(net) and q.float_layers == []
+    assert q.weight_dtypes == {"int8": 5} and q.activations == "int8-static"
+    assert q.details["xnnpack_datatypes"] == {"weights": {"qcint8": 5}, "biases": {"qcint32": 5},
+                                              "inputs": {"qint8": 5}}
     modules = dict(net.named_modules())
     assert not any(_float_weight_in_file(modules[name], path) for name in ("features.6", "features.8", "head"))
 
 
-def test_export_reports_converter_and_driver_fields(exported_int8, calibration):
-    q = exported_int8.report["quantization"]
-    assert REPORT_KEYS <= q.keys()
-    assert "XNNPACKQuantizer" in q["toolchain"] and "16 calibration samples" in q["scheme"]  # 20 minus 4 held out
-    assert q["heldout"]["ran_on"].startswith("executorch") and q["heldout"]["samples"] == 4
-    assert q["heldout"]["outputs"][0]["cosine"] >= 0.99
-    assert q["sensitivity"]["layers_measured"] == 5 and q["fallback"]["kept_float"] == []
-    assert exported_int8.report["parity"]["passed"] is True
-
-
-def test_keep_float_leaves_exactly_that_layers_weights_float(net, int8_kept, heldout):
+def test_kept_conv_computes_in_float_and_is_stored_fp32_ohwi(net, int8_kept, heldout):
     result, path = int8_kept
     q = result.quantization
     assert [f.name for f in q.float_layers] == [KEPT]
-    assert q.float_layers[0].reason.startswith("kept in float on request")
-    assert sorted(q.quantized_layers) == sorted(set(quantizable_layers(net)) - {KEPT})
     assert q.weight_dtypes == {"int8": 4, "fp32": 1}
     assert q.details["xnnpack_datatypes"]["inputs"] == {"qint8": 4, "fp32": 1}  # the kept conv computes in float
     modules = dict(net.named_modules())
@@ -171,7 +159,7 @@ def test_keep_float_leaves_exactly_that_layers_weights_float(net, int8_kept, hel
     assert _cosine(net, path, heldout) >= 0.99
 
 
-def test_dynamic_int8_quantizes_linears_at_run_time_and_keeps_a_container_float(tmp_path):
+def test_dynamic_int8_quantizes_linear_inputs_per_inference_and_keeps_a_container_float(tmp_path):
     model = transformer_encoder.build(small=True)
     inputs = transformer_encoder.example_inputs(model)
     result, path = _convert(model, inputs, tmp_path, "int8-dynamic", keep_float=frozenset({"layers.0"}))
@@ -187,7 +175,7 @@ def test_dynamic_int8_quantizes_linears_at_run_time_and_keeps_a_container_float(
     assert _cosine(model, path, [transformer_encoder.example_inputs(model) for _ in range(4)]) >= 0.99
 
 
-def test_int4_encoder_is_under_a_fifth_of_fp32(encoder, int4):
+def test_int4_8da4w_encoder_is_under_a_fifth_of_fp32(encoder, int4):
     result, path = int4
     fp32_bytes = 4 * sum(p.numel() for p in encoder.parameters())  # a fp32 .pte holds at least these
     assert path.stat().st_size <= 0.2 * fp32_bytes
@@ -209,21 +197,21 @@ def test_int4_reports_what_8da4w_cannot_take(tmp_path):
     model = ConvAndOddLinear().eval()
     result, path = _convert(model, (torch.randn(1, 3, 8, 8),), tmp_path, sdk.core.recipes.Int4Weight(group_size=32))
     q = result.quantization
-    assert q.quantized_layers == ["even"]
+    assert q.quantized_layers == ["even", "head"]
     reasons = {f.name: f.reason for f in q.float_layers}
     assert "nn.Linear layers only" in reasons["conv"]
     assert "in_features 40 is not a multiple of group_size 32" in reasons["odd"]
-    assert q.weight_dtypes == {"fp32": 2, "int4": 1}
+    assert q.weight_dtypes == {"fp32": 2, "int4": 2}
     assert _float_weight_in_file(model.odd, path) and _float_weight_in_file(model.conv, path)
 
 
-def test_a_scheme_that_quantizes_nothing_is_an_error(tmp_path):
+def test_int4_on_a_model_without_linears_is_refused_with_the_8da4w_reason(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval()
     with pytest.raises(ConversionError, match="int4:32 quantized no layer.*nn.Linear layers only"):
         _convert(model, (torch.randn(1, 3, 8, 8),), tmp_path, "int4")
 
 
-def test_bad_requests_fail_before_conversion(net, calibration, tmp_path):
+def test_symmetric_activations_are_refused_before_any_work(net, calibration, tmp_path):
     with pytest.raises(UnsupportedRecipeError, match="symmetric_activations=True"):
         _convert(net, calibration[0], tmp_path, sdk.core.recipes.Int8Static(symmetric_activations=True),
                  calibration=calibration)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from quant_models import REPORT_KEYS, Net, export_dead_input_outlier, export_int8, images, with_bn_statistics
+from quant_models import Net, images, with_bn_statistics
 from target_helpers import make_job
 from torch import nn
 
@@ -20,10 +20,8 @@ pytest.importorskip("ai_edge_quantizer")
 
 import backends
 import converters
-import sdk
 import sdk.devices
 import sdk.core.recipes
-from converters import ConversionJob
 from converters.litert import quantize as litert_quantize
 from converters.quant.sensitivity import quantizable_layers
 from sdk.core.errors import ConversionError, UnsupportedRecipeError
@@ -177,7 +175,7 @@ def test_static_int8_model_input_is_int8_and_output_float(int8):
     assert "(FULLY_CONNECTED with int8 weights, dynamic range)" in int8[0].quantization.scheme
 
 
-def test_keep_float_leaves_exactly_that_layers_weights_float(net, int8_kept, heldout):
+def test_kept_conv_is_stored_float32_ohwi_between_a_quantize_pair(net, int8_kept, heldout):
     result, path = int8_kept
     q = result.quantization
     assert q.weight_dtypes == {"int8": 4, "fp32": 1}
@@ -189,22 +187,6 @@ def test_keep_float_leaves_exactly_that_layers_weights_float(net, int8_kept, hel
     assert op_types["DEQUANTIZE"] == 2 and op_types["QUANTIZE"] == 1
     parity = _parity(net, path, heldout)
     assert parity["passed"], parity["failures"]
-
-
-def test_keep_float_reaches_the_layer_that_makes_a_graph_output(net, calibration, tmp_path):
-    """The head's output tensor is named after the signature, not the module: found by its weight's name."""
-    result, path = _convert(net, tmp_path, "int8", frozenset({"head"}), calibration)
-    q = result.quantization
-    assert q.float_layers == [FloatLayer("head", "kept in float on request")]
-    assert q.weight_dtypes == {"int8": 4, "fp32": 1}
-    _assert_only_float_weights_are(path, net.head)
-
-
-def test_keep_float_accepts_a_container(net, calibration, tmp_path):
-    result, _ = _convert(net, tmp_path, "int8", frozenset({"features"}), calibration)
-    q = result.quantization
-    assert q.quantized_layers == ["head"] and q.weight_dtypes == {"int8": 1, "fp32": 4}
-    assert q.float_layers[0].reason == "kept in float on request (inside kept module 'features')"
 
 
 def test_keep_float_finds_one_of_identical_blocks_in_a_module_list(tmp_path):
@@ -249,33 +231,12 @@ def test_dynamic_int8_keeps_a_layer_float(net, tmp_path):
     _assert_only_float_weights_are(path, net.get_submodule(KEPT))
 
 
-def test_bad_requests_fail_before_conversion(net, tmp_path):
-    job = ConversionJob(model=net, example_inputs=images(1, 0)[0],
-                        recipe=sdk.core.recipes.Recipe((sdk.core.recipes.Int8Static(symmetric_activations=True),)),
-                        profile=PROFILE, workdir=tmp_path, input_names=["in_0"], output_names=["out_0"],
-                        calibration=images(2, 3))
+def test_symmetric_activations_are_refused_before_any_work(net, tmp_path):
+    job = make_job(net, images(1, 0)[0], PROFILE, tmp_path, [sdk.core.recipes.Int8Static(symmetric_activations=True)],
+                   calibration=images(2, 3))
     with pytest.raises(UnsupportedRecipeError, match="symmetric_activations"):
         converters.get("litert").convert(job)
     assert not list(tmp_path.iterdir())
-
-
-def test_export_reports_the_quantization_end_to_end(net, tmp_path):
-    res = export_int8(net, "android-litert", tmp_path)
-    q = res.report["quantization"]
-    assert REPORT_KEYS <= set(q)
-    assert q["weight_dtypes"] == {"int8": 5}
-    assert q["heldout"]["samples"] == 4 and q["heldout"]["outputs"][0]["cosine"] >= 0.99
-    assert "XNNPACK" in q["heldout"]["ran_on"]
-    assert res.report["parity"]["passed"]
-
-
-def test_fallback_finds_the_outlier_layer_and_keeps_it_float(tmp_path):
-    q = export_dead_input_outlier("android-litert", tmp_path).report["quantization"]
-    assert q["fallback"]["kept_float"] == ["mid"]
-    assert q["fallback"]["steps"][0]["min_cosine"] < 0.99 and q["fallback"]["steps"][-1]["met"]
-    assert q["weight_dtypes"] == {"int8": 2, "fp32": 1}
-    assert q["quantized_layers"] == ["inp", "out"]
-    assert q["float_layers"] == [{"name": "mid", "reason": "kept in float by the fallback to meet the tolerance"}]
 
 
 class SumOfChannels(nn.Module):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from quant_models import REPORT_KEYS, Net, export_dead_input_outlier, export_int8, images, with_bn_statistics
+from quant_models import Net, images, with_bn_statistics
 from target_helpers import make_job, outputs_of
 from torch import nn
 
@@ -22,7 +22,6 @@ from onnx import TensorProto, numpy_helper  # noqa: E402
 
 import backends  # noqa: E402
 import converters  # noqa: E402
-import sdk  # noqa: E402
 from converters.onnx.weights import layer_weights, module_of  # noqa: E402
 from converters.quant.sensitivity import quantizable_layers  # noqa: E402
 from samples import transformer_encoder  # noqa: E402
@@ -136,7 +135,7 @@ def test_int8_quantizes_every_layer_in_tensorrt_form(net, int8, fp32, heldout):
     assert any("Tensor Cores" in note for note in result.notes)
 
 
-def test_keep_float_leaves_exactly_that_layers_weight_float(net, calibration, heldout, tmp_path):
+def test_kept_conv_reads_its_own_float_initializer_and_the_rest_int8(net, calibration, heldout, tmp_path):
     result, path = _convert(net, tmp_path, "int8", images(1, 0)[0], frozenset({KEPT}), calibration)
     q = result.quantization
     assert q.weight_dtypes == {"int8": 4, "fp32": 1}
@@ -150,14 +149,7 @@ def test_keep_float_leaves_exactly_that_layers_weight_float(net, calibration, he
     assert parity["outputs"][0]["cosine"] >= 0.99
 
 
-def test_keep_float_accepts_a_container(net, calibration, tmp_path):
-    result, _ = _convert(net, tmp_path, "int8", images(1, 0)[0], frozenset({"features"}), calibration)
-    q = result.quantization
-    assert q.quantized_layers == ["head"] and q.weight_dtypes == {"int8": 1, "fp32": 4}
-    assert q.float_layers[0].reason == "kept in float on request (inside kept module 'features')"
-
-
-def test_int8_two_inputs_two_outputs_and_a_shared_layer(two_in_two_out, two_inputs, tmp_path):
+def test_int8_two_inputs_two_outputs_and_a_layer_run_twice_on_one_stored_weight(two_in_two_out, two_inputs, tmp_path):
     g = torch.Generator().manual_seed(3)
     samples = [(torch.randn(1, 16, generator=g), torch.randn(1, 16, generator=g)) for _ in range(12)]
     result, path = _convert(two_in_two_out, tmp_path, "int8", two_inputs, calibration=samples[:8])
@@ -197,7 +189,7 @@ def test_int4_keeps_the_requested_linear_float_and_tracks_fp32(encoder, int4_kep
     assert "stand-in for TensorRT" in ran_on
 
 
-def test_int4_leaves_a_linear_float_when_blocks_do_not_divide_it(tmp_path):
+def test_int4_on_linears_the_block_does_not_divide_is_refused_with_the_block_reason(tmp_path):
     model = nn.Sequential(nn.Linear(192, 64), nn.GELU(), nn.Linear(64, 128)).eval()  # K=192 is not 128 x n
     with pytest.raises(ConversionError, match="int4:128 quantized no layer") as info:  # the driver refuses it
         _convert(model, tmp_path, INT4, (torch.randn(1, 4, 192),))
@@ -205,13 +197,11 @@ def test_int4_leaves_a_linear_float_when_blocks_do_not_divide_it(tmp_path):
     assert "64 is not a multiple" in str(info.value)
 
 
-def test_requests_tensorrt_cannot_build_are_refused(net, encoder, tmp_path):
+def test_int4_blocks_tensorrt_cannot_build_are_refused_before_any_work(encoder, tmp_path):
     with pytest.raises(UnsupportedRecipeError, match="blocks of 64 or 128") as info:
         _convert(encoder, tmp_path, "int4", transformer_encoder.example_inputs(encoder))  # group 32
     assert "int4:128" in str(info.value)
-    assert "int8-dynamic" not in converters.get("onnx").supported
-    with pytest.raises(UnsupportedRecipeError, match="int8-dynamic"):
-        sdk.export(net, "jetson", images(1, 0)[0], recipe=["int8-dynamic"], output_dir=tmp_path)
+    assert "int8-dynamic" not in converters.get("onnx").supported  # TensorRT has no dynamic INT8
     assert not list(tmp_path.iterdir())
 
 
@@ -222,22 +212,3 @@ def test_node_names_map_back_to_modules():
     assert module_of("/blocks.1/conv/Conv", modules) == "blocks.1.conv"  # a ModuleList adds no scope
     assert module_of("/head/Gemm", modules) == "head"
     assert module_of("/ReduceMean", modules) is None and module_of("/nope/Conv", modules) is None
-
-
-def test_export_reports_the_quantization_end_to_end(net, tmp_path):
-    res = export_int8(net, "jetson", tmp_path)
-    q = res.report["quantization"]
-    assert REPORT_KEYS <= set(q)
-    assert q["weight_dtypes"] == {"int8": 5}
-    assert q["heldout"]["samples"] == 4 and q["heldout"]["outputs"][0]["cosine"] >= 0.99
-    assert "stand-in for TensorRT" in q["heldout"]["ran_on"]
-    assert res.report["parity"]["passed"]
-
-
-def test_fallback_finds_the_outlier_layer_and_keeps_it_float(tmp_path):
-    q = export_dead_input_outlier("jetson", tmp_path).report["quantization"]
-    assert q["fallback"]["kept_float"] == ["mid"]
-    assert q["fallback"]["steps"][0]["min_cosine"] < 0.99 and q["fallback"]["steps"][-1]["met"]
-    assert q["weight_dtypes"] == {"int8": 2, "fp32": 1}
-    assert "mid" not in q["quantized_layers"]
-    assert q["float_layers"] == [{"name": "mid", "reason": "kept in float by the fallback to meet the tolerance"}]

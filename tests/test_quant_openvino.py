@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from quant_models import REPORT_KEYS, DeadInputOutlier, Net, images, trained_bn
+from quant_models import Net, images, trained_bn
 from target_helpers import make_job
 from torch import nn
 
@@ -21,7 +21,6 @@ pytest.importorskip("nncf")
 
 import backends  # noqa: E402
 import converters  # noqa: E402
-import sdk  # noqa: E402
 from samples import transformer_encoder  # noqa: E402
 from sdk import devices  # noqa: E402
 from sdk.core.parity import compare  # noqa: E402
@@ -142,7 +141,7 @@ def test_int8_npu_quantizes_activations_symmetrically(net, convert):
     assert _cosine(net, xml, "intel-npu", images(8, seed=9)) >= 0.99  # on the CPU plugin, as stand-in
 
 
-def test_keep_float_leaves_exactly_that_layer_float(convert):
+def test_keep_float_finds_a_batchnorm_folded_conv_in_the_ir_by_value(convert):
     """features.3 has its BatchNorm folded in the IR (op named Multiply_N): matched by value, ignored by NNCF."""
     result, xml = convert("intel-cpu", "int8", frozenset({"features.3"}))
     by_shape = {tuple(w["shape"]): w for w in _weights(xml)}
@@ -153,7 +152,7 @@ def test_keep_float_leaves_exactly_that_layer_float(convert):
     assert q.weight_dtypes == {"float32": 1, "int8": 4} and "features.3" not in q.quantized_layers
 
 
-def test_keep_float_of_a_parent_module_covers_its_layers(convert):
+def test_weight_only_int8_keeps_a_parent_modules_layers_f32_in_the_ir(convert):
     result, xml = convert("intel-cpu", "int8-dynamic", frozenset({"features"}))
     assert [w["dtype"] for w in _weights(xml)] == ["f32"] * 4 + ["u8"]
     reasons = {f.name: f.reason for f in result.quantization.float_layers}
@@ -246,31 +245,3 @@ def test_int4_on_npu_uses_a_symmetric_backup(convert):
     assert [w["dtype"] for w in _weights(xml)] == ["i4", "f32", "i8"]
     assert result.quantization.details["backup_layers"][0]["dtype"] == "int8"
     assert "backup_mode=int8_sym" in result.quantization.toolchain
-
-
-# --- through sdk.export: the driver's held-out parity, sensitivity and fallback on top ---
-
-def test_export_int8_reports_converter_and_driver_fields(net, tmp_path):
-    res = sdk.export(net, "intel-cpu", images(1, seed=1)[0], recipe=["int8"], calibration=images(20, seed=4),
-                     output_dir=tmp_path)
-    q = res.report["quantization"]
-    assert REPORT_KEYS <= set(q)
-    assert q["heldout"]["samples"] == 4 and "openvino" in q["heldout"]["ran_on"]
-    assert q["heldout"]["outputs"][0]["cosine"] >= 0.99
-    assert q["weight_dtypes"] == {"int8": 5} and q["fallback"]["kept_float"] == []
-    assert res.report["parity"]["passed"]
-
-
-def test_fallback_finds_the_outlier_layer_and_nncf_keeps_it_float(tmp_path):
-    torch.manual_seed(0)
-    model = DeadInputOutlier().eval()
-    g = torch.Generator().manual_seed(5)
-    calibration = [(torch.randn(1, 16, generator=g),) for _ in range(20)]
-    res = sdk.export(model, "intel-cpu", calibration[0], recipe=["int8"], calibration=calibration,
-                     tolerance=sdk.Tolerance(min_cosine=0.99), output_dir=tmp_path)
-    q = res.report["quantization"]
-    assert q["fallback"]["kept_float"] == ["mid"]
-    assert q["fallback"]["steps"][0]["met"] is False and q["fallback"]["steps"][-1]["met"] is True
-    assert q["details"]["layer_dtypes"] == {"inp": "int8", "mid": "float32", "out": "int8"}
-    stored = [w["dtype"] for w in _weights(res.artifact.path / res.artifact.manifest["model_file"])]
-    assert stored == ["i8", "f32", "i8"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from quant_models import REPORT_KEYS, Net, noise_images, trained_bn
+from quant_models import REPORT_KEYS, DeadInputOutlier, Net, noise_images, trained_bn
 from torch import nn
 
 import sdk
@@ -138,3 +138,76 @@ def test_few_calibration_samples_warn_once_per_export(tmp_path, caplog):
         sdk.export(model, "jetson-orin-nano", x, recipe="int8", calibration=_mlp_data(300, 2),
                    eval_data=_mlp_data(4, 3), tolerance=sdk.Tolerance(min_cosine=0.0), output_dir=tmp_path / "enough")
     assert not [r for r in caplog.records if "calibrated on" in r.getMessage()]
+
+
+def _small(n: int, scale: float, g: torch.Generator) -> list[tuple[torch.Tensor]]:
+    return [(scale * torch.randn(1, 16, generator=g),) for _ in range(n)]
+
+
+@pytest.mark.parametrize("device_id", HOST_RUNNABLE_INT8)
+def test_a_heldout_miss_refuses_the_export_without_tolerance(device_id, tmp_path):
+    """The held-out inputs decide, with the recipe's default tolerance (min cosine 0.99 for int8): eval_data far
+    outside the calibration range misses it (clipped activations), while the example, a calibration-like input,
+    passes, as the same export with in-range eval_data shows. Before, that bundle was written on the example."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    g = torch.Generator().manual_seed(1)
+    calibration, in_range, shifted = _small(16, 0.1, g), _small(8, 0.1, g), _small(8, 3.0, g)
+    res = sdk.export(model, device_id, calibration[0], recipe="int8", calibration=calibration, eval_data=in_range,
+                     output_dir=tmp_path / "in-range")
+    held, reference = res.report["parity"]["decided_by"]
+    assert held == {"inputs": "held-out", "source": "eval_data (8 samples)", "samples": 8, "passed": True,
+                    "ran_on": res.report["quantization"]["heldout"]["ran_on"]}
+    assert reference["source"].startswith("example_inputs") and reference["passed"] is True
+    assert res.report["quantization"]["fallback"]["tolerance_from"] == "the default for int8"
+    with pytest.raises(ParityError, match=r"could not meet min_cosine 0.99 \(the default for int8.*eval_data \(8"):
+        sdk.export(model, device_id, calibration[0], recipe="int8", calibration=calibration, eval_data=shifted,
+                   output_dir=tmp_path / "shifted")
+    assert not (tmp_path / "shifted" / device_id).exists()
+
+
+@pytest.mark.parametrize("device_id", HOST_RUNNABLE_INT8)
+def test_the_fallback_meets_the_default_tolerance_without_tolerance(device_id, tmp_path):
+    """All-INT8 DeadInputOutlier has held-out cosine ~0.73; without tolerance= the fallback keeps `mid` float
+    until the int8 default (0.99) holds on the held-out inputs."""
+    torch.manual_seed(5)
+    model = DeadInputOutlier().eval()
+    calibration = [(torch.randn(1, 16),) for _ in range(20)]
+    res = sdk.export(model, device_id, calibration[0], recipe="int8", calibration=calibration, output_dir=tmp_path)
+    fallback = res.report["quantization"]["fallback"]
+    assert fallback["steps"][0]["min_cosine"] < 0.9 and "mid" in fallback["kept_float"], fallback
+    assert fallback["steps"][-1]["met"] is True and fallback["tolerance"]["min_cosine"] == 0.99
+    assert res.report["quantization"]["heldout"]["passed"] is True
+
+
+class ConvTokens(nn.Module):
+    """Two convs, then a linear over the 144 positions as tokens (a 3-D MatMul, which TensorRT's INT4 takes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.mix, self.proj = nn.Conv2d(3, 64, 3), nn.Conv2d(64, 64, 1), nn.Linear(64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.mix(torch.relu(self.stem(x))).flatten(2).transpose(1, 2))
+
+
+def test_most_weight_layers_left_float_unasked_is_refused_unless_kept_on_request(tmp_path):
+    """TensorRT's INT4 takes MatMul weights only: on two convs and a linear it would quantize 1 of 3 weight
+    layers. That is refused, naming the convs and why; keep_float asks for the partly quantized artifact."""
+    from sdk.core.errors import ConversionError
+
+    torch.manual_seed(0)
+    model = ConvTokens().eval()
+    x = (torch.randn(1, 3, 16, 16),)
+    with pytest.raises(ConversionError, match=r"left 2 of the model's 3 weight layers .* in float without being "
+                                              r"asked \(stem, mix: .*MatMul.*keep_float") as err:
+        sdk.export(model, "jetson-orin-nano", x, recipe="int4:64", output_dir=tmp_path, validate=False)
+    assert not (tmp_path / "jetson-orin-nano").exists(), err.value
+    res = sdk.export(model, "jetson-orin-nano", x, recipe="int4:64", keep_float=["stem", "mix"],
+                     output_dir=tmp_path, validate=False)
+    q = res.report["quantization"]
+    assert q["quantized_layers"] == ["proj"]
+    assert {f["name"]: f["reason"] for f in q["float_layers"]} == {"stem": "kept in float on request",
+                                                                   "mix": "kept in float on request"}
+    with pytest.raises(InvalidInputsError, match="keep_float.*fp32 quantizes no layer"):
+        sdk.export(model, "jetson-orin-nano", x, recipe="fp32", keep_float=["stem"], output_dir=tmp_path)

@@ -14,10 +14,10 @@ import re
 from collections import Counter
 from typing import Any
 
-from converters import driver, register
+from converters import register
 from converters.base import ConversionJob, ConversionResult, Converter
 from converters.coreml.compress import _COMPRESS_STAGE, _compress, _scheme
-from converters.coreml.export import _export, _io_dtype, _output_dtypes
+from converters.coreml.export import _convert, _export, _io_dtype, _output_dtypes
 from converters.coreml.weights import _account, _weights
 from sdk.core.errors import InternalError, ProfileError, first_line
 from sdk.core.readers.coreml import spec_summary, weight_storage
@@ -84,15 +84,14 @@ class CoreMLConverter(Converter):
 
         exported = _export(job)
         out_dtypes = _output_dtypes(exported)
-        with driver.stage("coremltools.convert"):
-            mlmodel = ct.convert(
-                exported, convert_to="mlprogram", minimum_deployment_target=target,
-                compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
-                skip_model_load=True,
-                inputs=[ct.TensorType(name=name, shape=tuple(t.shape), dtype=_io_dtype(t.dtype))
-                        for name, t in zip(job.input_names, job.example_inputs)],
-                outputs=[ct.TensorType(name=name, dtype=_io_dtype(dtype))
-                         for name, dtype in zip(job.output_names, out_dtypes)])
+        mlmodel, frontend_notes = _convert(
+            job, exported, convert_to="mlprogram", minimum_deployment_target=target,
+            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+            skip_model_load=True,
+            inputs=[ct.TensorType(name=name, shape=tuple(t.shape), dtype=_io_dtype(t.dtype))
+                    for name, t in zip(job.input_names, job.example_inputs)],
+            outputs=[ct.TensorType(name=name, dtype=_io_dtype(dtype))
+                     for name, dtype in zip(job.output_names, out_dtypes)])
         if scheme is not None:
             weights = _weights(mlmodel, exported, job)
             mlmodel = _compress(mlmodel, scheme, weights, job)
@@ -102,7 +101,7 @@ class CoreMLConverter(Converter):
         _check_spec(summary, job, target.value)
         notes = [f"ML program, opset {summary['opset']}, spec v{summary['specification_version']}; ops: "
                  + ", ".join(f"{op} x{n}" for op, n in summary["ops"].items()),
-                 f"weights by dtype (elements): {summary['weight_dtypes']}"]
+                 f"weights by dtype (elements): {summary['weight_dtypes']}", *frontend_notes]
         if precision != "fp32":
             notes.append("inputs/outputs stay float32; the program casts to fp16 on entry and back on exit")
         if precision == "fp16" and "float32" in summary["weight_dtypes"]:

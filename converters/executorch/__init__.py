@@ -20,7 +20,6 @@ from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPar
 from executorch.exir import EdgeProgramManager, to_edge_transform_and_lower
 from executorch.version import __version__ as EXECUTORCH_VERSION
 from torch.export import ExportedProgram
-from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from converters import driver, register
 from converters.base import ConversionJob, ConversionResult, Converter
@@ -71,9 +70,6 @@ class ExecuTorchConverter(Converter):
     error_patterns = _OP_PATTERNS
 
     def hint_for(self, exc: Exception, op: str | None, stage: str | None) -> str:
-        if isinstance(exc, GuardOnDataDependentSymNode):
-            return ("the model branches in Python on a tensor's value, which torch.export cannot trace: use "
-                    "torch.where or torch.cond instead, or move the branch out of the model")
         if "not in Core ATen" in str(exc):
             return f"ExecuTorch has no kernel for {op}: rewrite it with core ATen ops, {_OTHER_TARGETS}"
         return f"rewrite {op or 'the failing code'} with common tensor ops, {_OTHER_TARGETS}"

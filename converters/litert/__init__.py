@@ -24,6 +24,7 @@ from converters.base import ConversionJob, ConversionResult, Converter
 from converters.litert.quantize import _INT8_SPEED_NOTE, _QUANTIZE_STAGE, _quantize
 from converters.litert.toolchain import _quiet_progress
 from converters.litert.weights import _account, _fp16_account, _op_table
+from converters.pooling import global_pools_as_means
 from sdk.core.errors import UnsupportedRecipeError
 from sdk.core.readers.litert import delegation, open_interpreter
 from sdk.core.recipes import Int8Static
@@ -91,7 +92,8 @@ class LiteRTConverter(Converter):
     def build(self, job: ConversionJob) -> ConversionResult:
         _check_request(job)
         name = job.precision.name
-        path = self._convert(job, job.model, _fp16_config() if name == "fp16" else None)
+        model = global_pools_as_means(job.model, job.example_inputs)  # litert-torch pads a pool up to its kernel
+        path = self._convert(job, model, _fp16_config() if name == "fp16" else None)
         quantization = _quantize(job, path) if name.startswith("int8") else None
         interpreter, runtime = open_interpreter(path, num_threads=1)
         stats = delegation(interpreter)

@@ -6,7 +6,8 @@ into the preceding Conv. Opset 18+ goes through the torch.export-based exporter.
 write opset 17: it exports 18 and converts down with ONNX's version converter, which fails on Reduce*
 (axes not yet constant there) and has no 18 -> 17 adapter for Split or Pad, and on failure it logs and
 returns opset 18. So opset 17 uses the TorchScript exporter, which writes it natively (deprecated since
-torch 2.9, still shipped in 2.13; it traces, so Python control flow is frozen at the example inputs).
+torch 2.9, still shipped in 2.13; it traces, so Python control flow would be frozen at the example inputs:
+where the tracer reads a tensor's value, `driver.refuse_traced_branches` refuses a branch on the data).
 
 The ONNX stays fp32 for the fp16 recipe: TensorRT picks fp16 kernels per layer when the engine is
 built with its fp16 flag, NVIDIA's documented route (`trtexec --fp16`), and the `tensorrt` backend
@@ -87,8 +88,11 @@ class ONNXConverter(Converter):
             _check_request(job)
         export_opset = DEFAULT_OPSET if quantize else opset  # quantized: TorchScript names, raised afterwards
         with driver.stage(_EXPORT_STAGE):
-            model = (_export_dynamo(job, export_opset) if export_opset >= DYNAMO_MIN_OPSET
-                     else _export_torchscript(job, export_opset))
+            if export_opset >= DYNAMO_MIN_OPSET:
+                model = _export_dynamo(job, export_opset)
+            else:
+                with driver.refuse_traced_branches(job) as traced:
+                    model = _export_torchscript(traced, export_opset)
         if _opset(model) > opset:  # an exporter that could not reach the opset keeps its own, silently
             raise ConversionError(f"the exporter wrote opset {_opset(model)}, the device parses up to {opset}",
                                   fmt="onnx", device=job.profile.id,

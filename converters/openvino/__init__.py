@@ -20,6 +20,7 @@ from converters.base import ConversionJob, ConversionResult, Converter
 from converters.openvino.coverage import _coverage, _failed_op
 from converters.openvino.nncf import _QUANTIZE_STAGE, _SCHEMES, _quantize
 from converters.openvino.weights import _account, _fp16_account, _layer_map
+from converters.pooling import global_pools_as_means
 from sdk.core.errors import ConversionError
 
 __all__ = ["OpenVINOConverter"]
@@ -29,10 +30,11 @@ MODEL_FILE = "model.xml"
 
 @converters.register
 class OpenVINOConverter(Converter):
-    """fp32 IR, fp16-compressed IR, or NNCF-quantized IR (static INT8, INT8 / INT4 weight-only)."""
+    """fp32 IR, fp16-compressed IR (computed in f32, or in bf16 with the bf16 hint), or NNCF-quantized IR
+    (static INT8, INT8 / INT4 weight-only)."""
 
     format = "openvino"
-    supported = frozenset({"fp32", "fp16", "int8", "int8-dynamic", "int4"})  # the quantized ones: _SCHEMES
+    supported = frozenset({"fp32", "fp16", "bf16", "int8", "int8-dynamic", "int4"})  # the quantized: _SCHEMES
     options = {"device": "OpenVINO device the IR targets (CPU, NPU, GPU)",
                "symmetric_int8": "true where the device takes symmetric int8 only: activations are quantized "
                                  "symmetrically and INT4's int8 backup weights are symmetric"}
@@ -47,6 +49,10 @@ class OpenVINOConverter(Converter):
         if stage == _QUANTIZE_STAGE:
             return ("keep the failing layer in float (tolerance= keeps sensitive layers float), or try a gentler "
                     "scheme (int8-dynamic, fp16)")
+        if "While validating node" in str(exc):
+            return ("give that op arguments OpenVINO's version of it accepts, or rewrite it (e.g. an average pool "
+                    "whose kernel is larger than its input is the mean x.mean(dim=(-2, -1), keepdim=True)); or "
+                    "export for a device whose toolchain converts it, e.g. 'android-arm64' (ExecuTorch)")
         if op:
             return ("replace that op with ones OpenVINO converts (see the PyTorch frontend's supported operations), "
                     "or register an OpenVINO frontend extension for it")
@@ -67,19 +73,25 @@ class OpenVINOConverter(Converter):
             notes += plan.notes
         # save_model compresses float weights to fp16 unless told not to; it never does for a quantized model
         # (ov::pass::is_model_optimized: FakeQuantize or compressed weights present), whose float parts stay f32.
-        fp16 = precision == "fp16"
+        fp16 = precision in ("fp16", "bf16")
         path = Path(job.workdir) / MODEL_FILE
         ov.save_model(model, str(path), compress_to_fp16=fp16)
         quantization = (_account(path, layers, plan, job) if quantizing
-                        else _fp16_account(path, device) if fp16 else None)
+                        else _fp16_account(path, device, precision) if fp16 else None)
+        # the backend asks the CPU plugin for f32 unless the recipe asks for bf16 (OpenVINO's own CPU default)
+        options = {"inference_precision": "bf16"} if precision == "bf16" else {}
         return ConversionResult(model_file=MODEL_FILE, coverage=_coverage(path, device), quantization=quantization,
-                                notes=notes)
+                                notes=notes, runtime_options=options)
 
     @staticmethod
     def _capture(job: ConversionJob) -> ov.Model:
-        shapes = [ov.PartialShape(list(t.shape)) for t in job.example_inputs]
+        """torch.export at the example's shapes (with no `input=` shapes OpenVINO passes torch.export no
+        dynamic_shapes, so the graph is static; given them, it builds dynamic_shapes per example tensor, which
+        torch.export refuses for a `forward(self, *args)`: one parameter, several tensors). Pools spanning their
+        input are given as means (`converters.pooling`): OpenVINO's AvgPool refuses a kernel beyond its input."""
+        model = global_pools_as_means(job.model, job.example_inputs)
         with driver.stage("ov.convert_model"):
-            return ov.convert_model(job.model, example_input=tuple(job.example_inputs), input=shapes, dynamo=True)
+            return ov.convert_model(model, example_input=tuple(job.example_inputs), dynamo=True)
 
 
 def _name_ports(model: ov.Model, job: ConversionJob) -> None:

@@ -44,14 +44,26 @@ def _compute_ops(model: ov.Model) -> list[ov.Node]:
     return ops
 
 
+#: OpenVINO's shape inference refusing an op's arguments: the node (its name carries the aten op when the
+#: frontend's normalize step validates it), then the reason on the next line
+_VALIDATION = re.compile(r"While validating node '([^\n]*)' with friendly_name '[^']*':\n([^\n]+)")
+
+
 def _failed_op(message: str) -> tuple[str | None, str]:
-    """The op named by OpenVINO's 'Model wasn't fully converted' summary, and why, if it names one."""
+    """The op named by OpenVINO's 'Model wasn't fully converted' summary (or by the node its shape inference
+    refused), and why, if it names one."""
+    validation = _VALIDATION.search(message)
+    rejected = (f"OpenVINO's shape inference refused its arguments: {validation.group(2).strip().rstrip('.')}"
+                if validation else None)
     for pattern, why in ((r"No conversion rule found for operations: ([^\n]+)",
                           "OpenVINO's PyTorch frontend has no conversion rule for it"),
                          (r"Conversion is failed for: ([^\n]+)", "OpenVINO's PyTorch frontend failed to convert it")):
         found = re.search(pattern, message)
         if found:
-            return found.group(1).strip(), why
+            return found.group(1).strip(), rejected or why
+    if validation:
+        aten = re.search(r"(aten\.\w+\.\w+)", validation.group(1))
+        return (aten.group(1) if aten else None), rejected
     return None, _summary(message)
 
 

@@ -109,11 +109,13 @@ def _weight_dtypes(stored: dict[str, dict[str, Any]]) -> dict[str, int]:
     return dict(Counter({info["const"]: info["dtype"] for info in stored.values()}.values()))
 
 
-def _fp16_account(path: Path, device: str) -> QuantAccount:
-    """fp16 stores no integer layer; its account says how the weights were compressed and where it computes."""
-    return QuantAccount(scheme="weights compressed to float16 in the IR; the CPU plugin computes in f32, the NPU "
-                               "and GPU plugins in fp16",
-                        activations="float32" if device == "CPU" else "float16",
+def _fp16_account(path: Path, device: str, precision: str = "fp16") -> QuantAccount:
+    """fp16/bf16 store no integer layer; the account says how the weights were compressed and where it computes."""
+    bf16 = precision == "bf16" and device == "CPU"
+    compute = ("the CPU plugin computes in bf16 where the CPU has AVX512_BF16 or AMX, else in f32" if bf16 else
+               "the CPU plugin computes in f32, the NPU and GPU plugins in fp16")
+    return QuantAccount(scheme=f"weights compressed to float16 in the IR; {compute}",
+                        activations="bfloat16" if bf16 else "float32" if device == "CPU" else "float16",
                         toolchain=f"OpenVINO {ov.get_version().split('-')[0]} save_model(compress_to_fp16=True)",
                         weight_dtypes=_weight_dtypes(_ir_weights(ov.Core().read_model(str(path)))))
 

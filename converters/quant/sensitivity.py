@@ -7,6 +7,7 @@ held-out inputs. Layers are ranked worst first; the fallback keeps them in float
 from __future__ import annotations
 
 import math
+import sys
 from typing import Iterable, Sequence
 
 import torch
@@ -17,9 +18,23 @@ from sdk.core.recipes import Config, Fp16, Int4Weight, Int8Dynamic, Int8Static, 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
+def hf_conv1d() -> type[nn.Module] | None:
+    """Hugging Face's `Conv1D` (GPT-2's weight layers: a linear whose weight is stored (in, out)), where
+    transformers is loaded; no model can hold one otherwise, so transformers is never imported for it."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
 def quantizable_layers(model: nn.Module) -> list[str]:
-    """Names of the layers a weight quantizer acts on (conv and linear)."""
-    return [name for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+    """Names of the layers a weight quantizer acts on: conv, linear and Hugging Face Conv1D."""
+    conv1d = hf_conv1d()
+    kinds = QUANTIZABLE + ((conv1d,) if conv1d is not None else ())
+    return [name for name, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as (out, in, ...), the layout the simulated schemes quantize per output channel."""
+    conv1d = hf_conv1d()
+    return module.weight.t() if conv1d is not None and isinstance(module, conv1d) else module.weight
 
 
 def _sqnr_db(ref: torch.Tensor, got: torch.Tensor) -> float:
@@ -112,7 +127,7 @@ class _Simulator:
         self.dynamic = activations and isinstance(config, Int8Dynamic)
         self.ranges = _input_ranges(model, layers, calibration) if self.static else {}
         weight_q = _weight_fn(config)
-        self.qweights = {name: weight_q(self.modules[name].weight.detach()) for name in layers}
+        self.qweights = {name: weight_q(_weight(self.modules[name]).detach()) for name in layers}
 
     def forward(self, name: str, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.static:

@@ -140,6 +140,18 @@ class Fp16(Config):
 
 @_register
 @dataclass(frozen=True)
+class Bf16(Config):
+    """bfloat16 compute where the CPU has it (AVX512_BF16, AMX: recent Xeons, Zen 4), weights stored in float16:
+    what OpenVINO's CPU plugin does by default on such a CPU. Elsewhere the plugin computes in f32."""
+
+    name: ClassVar[str] = "bf16"
+    kind: ClassVar[str] = "precision"
+    peak_key: ClassVar[PeakKey | None] = "fp16"
+    default_min_cosine: ClassVar[float] = 0.995
+
+
+@_register
+@dataclass(frozen=True)
 class Int8Static(Config):
     """INT8 weights (per-channel, symmetric) and activations calibrated on `calibration` data."""
 
@@ -366,6 +378,10 @@ class Tolerance:
 
     def to_dict(self) -> dict[str, float | None]:
         return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        """The checks that are set, as an error message names them: 'min_cosine 0.99, max_abs_err 0.01'."""
+        return ", ".join(f"{key} {value:g}" for key, value in self.to_dict().items() if value is not None)
 
 
 ConfigLike = Union[str, Config]

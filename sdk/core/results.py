@@ -14,7 +14,7 @@ __all__ = ["ActivationMode", "Coverage", "FloatLayer", "QuantAccount", "Unavaila
 
 #: how the artifact's activations run: int8 with calibrated ranges, int8 quantized at run time, or float (the
 #: weights alone are narrow). Same spelling as the recipes' `Config.activations` for the int8 cases.
-ActivationMode = Literal["int8-static", "int8-dynamic", "float32", "float16"]
+ActivationMode = Literal["int8-static", "int8-dynamic", "float32", "float16", "bfloat16"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class QuantAccount:
     @property
     def weight_only(self) -> bool:
         """Activations stay float: the sensitivity simulation then quantizes weights only."""
-        return self.activations in ("float32", "float16")
+        return self.activations in ("float32", "float16", "bfloat16")
 
 
 @dataclass(kw_only=True)

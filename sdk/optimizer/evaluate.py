@@ -1,15 +1,14 @@
-"""The accuracy of one candidate, computed through the artifact's real runtime (the one place to swap for
-`sdk.metrics` once it lands).
+"""The accuracy of one candidate, through the artifact's real runtime, with the metrics `sdk.export` uses.
 
-Every eval sample is run one at a time through `backends.load(bundle)`, the runtime the device uses, and its
-first output's argmax is the prediction. `top1` compares it with the sample's label, `agreement` with the fp32
-torch model's own prediction. Intervals: Wilson 95% for a metric, a paired bootstrap for a drop.
+Eval data is read as `sdk.export(eval_data=...)` reads it (sdk/accuracy.py: (inputs..., label) items of the
+example's shape; a batch is split into batch-1 samples when the export has batch 1), so every built-in metric
+(top1, top5, agreement, cosine, spearman, ...) or a callable works. The drop between two artifacts on the same
+samples has a paired-bootstrap 95% interval (sdk/core/metrics.py).
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,90 +16,52 @@ import numpy as np
 import torch
 
 import backends
-from sdk.core.errors import InvalidInputsError, UserInputError
+from sdk.accuracy import first_outputs, prepare
+from sdk.core.metrics import DropResult, Metric, MetricResult, drop, evaluate
 
-__all__ = ["METRICS", "EvalSet", "MetricValue", "drop_between", "eval_set", "evaluate"]
-
-METRICS = ("top1", "agreement")
+__all__ = ["EvalSet", "drop_between", "eval_set", "outputs", "score"]
 
 
 @dataclass(frozen=True)
 class EvalSet:
-    """Batch-1 input tuples (as numpy), their labels (None when unlabeled) and the fp32 model's predictions."""
+    """Eval samples (input tuples at the exported shape), their labels (None when unlabeled) and the fp32 torch
+    model's first output on each (the reference of agreement/cosine)."""
 
-    inputs: list[list[np.ndarray]]
+    metric: Metric
+    inputs: list[tuple[torch.Tensor, ...]]
     labels: np.ndarray | None
     reference: np.ndarray
 
+    @property
+    def n(self) -> int:
+        return len(self.inputs)
+
     def head(self, n: int) -> EvalSet:
-        return EvalSet(self.inputs[:n], None if self.labels is None else self.labels[:n], self.reference[:n])
-
-
-@dataclass(frozen=True)
-class MetricValue:
-    """A metric on `n` samples with its 95% interval; `per_sample` is each sample's 0/1 score."""
-
-    name: str
-    value: float
-    n: int
-    ci: tuple[float, float]
-    per_sample: np.ndarray = field(repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "n": self.n, "ci95": list(self.ci)}
-
-
-def _wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    p = successes / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
-
-
-def _top1(outputs: Any) -> np.ndarray:
-    first = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-    return np.asarray(first.detach() if isinstance(first, torch.Tensor) else first).reshape(len(first), -1).argmax(-1)
+        return EvalSet(self.metric, self.inputs[:n], None if self.labels is None else self.labels[:n],
+                       self.reference[:n])
 
 
 def eval_set(model: torch.nn.Module, eval_data: Iterable[Any], example_inputs: Sequence[torch.Tensor],
-             metric: str) -> EvalSet:
-    """Split `eval_data` ((inputs..., label) batches, a DataLoader works) into batch-1 samples, as exported."""
-    if metric not in METRICS:
-        raise UserInputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if any(t.shape[0] != 1 for t in example_inputs):
-        raise InvalidInputsError("sdk.optimize evaluates one sample at a time: example_inputs must have batch size 1")
-    n_in = len(example_inputs)
-    inputs, labels = [], []
-    for i, item in enumerate(eval_data):
-        item = (item,) if isinstance(item, torch.Tensor) else tuple(item)
-        if metric == "top1" and len(item) <= n_in:
-            raise InvalidInputsError(f"eval_data[{i}] has no label: metric='top1' needs (inputs..., label) batches; "
-                                     "use metric='agreement' for unlabeled data")
-        batch = item[:n_in]
-        for row in range(batch[0].shape[0]):
-            inputs.append([t[row:row + 1].detach().cpu().float().numpy() for t in batch])
-            if metric == "top1":
-                labels.append(int(item[n_in][row]))
-    if not inputs:
-        raise InvalidInputsError("eval_data is empty")
-    with torch.no_grad():
-        reference = np.array([int(_top1(model(*(torch.from_numpy(a) for a in x)))[0]) for x in inputs])
-    return EvalSet(inputs, np.array(labels) if labels else None, reference)
+             metric: str | Callable[..., float]) -> EvalSet:
+    """Read `eval_data` once and compute the fp32 model's outputs on it."""
+    check = prepare(eval_data, example_inputs, metric, None)
+    return EvalSet(check.metric, check.inputs, check.labels, check.fp32_outputs(model))
 
 
-def evaluate(bundle: str | Path, data: EvalSet, metric: str) -> MetricValue:
-    """`metric` of the bundle at `bundle`, run here through its own runtime."""
-    session = backends.load(bundle)
-    predictions = np.array([int(_top1(session.run(x))[0]) for x in data.inputs])
-    target = data.labels if metric == "top1" else data.reference
-    scores = (predictions == target).astype(np.float64)
-    return MetricValue(metric, float(scores.mean()), len(scores), _wilson(int(scores.sum()), len(scores)), scores)
+def outputs(bundle: str | Path, inputs: Sequence[tuple[torch.Tensor, ...]]) -> np.ndarray:
+    """The bundle's first output on every sample, run here through its own runtime."""
+    return first_outputs(backends.load(bundle), inputs)
 
 
-def drop_between(baseline: MetricValue, candidate: MetricValue, resamples: int = 2000,
-                 seed: int = 0) -> tuple[float, tuple[float, float]]:
-    """baseline - candidate on the same samples, with a 95% paired-bootstrap interval."""
-    n = min(baseline.n, candidate.n)
-    diff = baseline.per_sample[:n] - candidate.per_sample[:n]
-    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    boots = diff[idx].mean(axis=1)
-    return float(diff.mean()), (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
+def _reference(data: EvalSet) -> np.ndarray | None:
+    return data.reference[:len(data.inputs)] if data.metric.needs_reference else None
+
+
+def score(data: EvalSet, out: np.ndarray) -> MetricResult:
+    """The metric of one artifact's outputs, with its 95% interval."""
+    return evaluate(data.metric, out, data.labels, _reference(data), "fp32 export")
+
+
+def drop_between(data: EvalSet, baseline: np.ndarray, candidate: np.ndarray) -> DropResult:
+    """baseline - candidate (positive = worse) on the same samples, with a 95% paired-bootstrap interval."""
+    return drop(data.metric, baseline, candidate, data.labels, _reference(data))

@@ -26,7 +26,7 @@ def table_rows(res: OptimizeResult) -> list[list[str]]:
         tags = ["best" if c is res.best else "", "pareto" if any(c is p for p in res.pareto) else "",
                 "baseline" if c.trial is None else "", f"run {c.run}" if c.run != res.baseline.run else ""]
         status = ", ".join([*(t for t in tags if t), *c.violations]) or "ok"
-        return ["fp32" if c.trial is None else str(c.trial), ", ".join(c.recipe),
+        return ["fp32" if c.trial is None else str(c.trial), c.label,
                 f"{c.drop.value:+.4f} [{c.drop.low:+.3f}, {c.drop.high:+.3f}]",
                 str(c.latency_p50_ms), f"{c.latency_p90_ms.value:.3f}", f"{speed:.2f}x" if speed else "-",
                 f"{c.size_mb:.3f}", f"{c.memory_mb:.0f}", _text(c.energy_mj), _text(c.delegated), status]
@@ -53,7 +53,8 @@ def _plot(res: OptimizeResult, path: Path) -> None:
         on_front = id(c) in front
         ax.scatter(c.latency_p50_ms.value, 100 * c.drop.value, s=30 + 400 * c.size_mb / largest,
                    color="tab:red" if on_front else "tab:gray", alpha=0.7, edgecolors="black")
-        ax.annotate(",".join(c.recipe), (c.latency_p50_ms.value, 100 * c.drop.value), fontsize=7,
+        mixed = f" +{len(c.kept_float)} float" if c.kept_float else ""
+        ax.annotate(",".join(c.recipe) + mixed, (c.latency_p50_ms.value, 100 * c.drop.value), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
     ax.axhline(100 * res.max_drop, color="tab:blue", linestyle="--", linewidth=1, label=f"max_drop {res.max_drop:.2%}")
     ax.set_xlabel("latency p50 (ms, on the agent)")
@@ -72,7 +73,7 @@ def write_report(res: OptimizeResult) -> Path:
     _plot(res, out / "pareto.png")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in table_rows(res))
-    best = (f"<p>Best ({res.objective}): <b>{html.escape(', '.join(res.best.recipe))}</b></p>" if res.best
+    best = (f"<p>Best ({res.objective}): <b>{html.escape(res.best.label)}</b></p>" if res.best
             else f"<p>No recipe chosen: {html.escape(res.why or '')}</p>")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in res.space.notes)
     cost = res.cost

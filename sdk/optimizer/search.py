@@ -22,12 +22,13 @@ import numpy as np
 import torch
 
 from sdk import devices
-from sdk.core.errors import SdkError, UserInputError
+from sdk.core.errors import ParityError, SdkError, UserInputError
 from sdk.core.results import Unavailable, to_dict
-from sdk.optimizer.evaluate import drop_between, eval_set, evaluate
+from sdk.core.recipes import parse
+from sdk.optimizer.evaluate import EvalSet, drop_between, eval_set, outputs, score
 from sdk.optimizer.space import Budget, SearchSpace, space_for
 
-__all__ = ["Candidate", "Estimate", "OptimizeResult", "SearchCost", "Unavailable", "optimize"]
+__all__ = ["Candidate", "Estimate", "OptimizeResult", "SearchCost", "Unavailable", "optimize", "t_interval"]
 
 log = logging.getLogger("sdk")
 OBJECTIVES = {"latency": "latency_p50_ms", "energy": "energy_mj", "size": "size_mb", "memory": "memory_mb"}
@@ -66,6 +67,15 @@ class Candidate:
     delegated: float | Unavailable | None = None
     violations: tuple[str, ...] = ()
     run: str = ""
+    kept_float: tuple[str, ...] = ()  # layers the export's fallback kept in float (mixed precision), in the order kept
+    controlled: bool = False  # exported with accuracy control: `OptimizeResult.export` repeats it
+    bundle: str = ""  # where the search wrote its bundle (kept until the output folder is removed)
+
+    @property
+    def label(self) -> str:
+        """The recipe as a person reads it, with the layers mixed precision kept in float."""
+        kept = f" ({len(self.kept_float)} layer(s) kept float: {', '.join(self.kept_float)})" if self.kept_float else ""
+        return ", ".join(self.recipe) + kept
 
     @property
     def feasible(self) -> bool:
@@ -86,7 +96,7 @@ class Candidate:
                 return Unavailable(value["unavailable"])
             if key in ("drop", "latency_p50_ms", "latency_p90_ms") and value is not None:
                 return Estimate(**value)
-            return tuple(value) if key in ("recipe", "violations") else value
+            return tuple(value) if key in ("recipe", "violations", "kept_float") else value
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: restore(k, v) for k, v in d.items() if k in names})
 
@@ -134,7 +144,8 @@ class OptimizeResult:
 
         if self.best is None:
             raise SdkError(f"sdk.optimize found no candidate to export: {self.why}")
-        return export(**self._export_args, recipe=list(self.best.recipe),
+        control = self._export_args["control"] if self.best.controlled else {}
+        return export(**self._export_args["export"], **control, recipe=list(self.best.recipe),
                       output_dir=output_dir or self.output_dir / "best")
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,7 +169,8 @@ def _agent(agent: Any) -> Any:
                          f"(a farm from sdk.farm), got {agent!r}")
 
 
-def _interval(values: Sequence[float]) -> Estimate:
+def t_interval(values: Sequence[float]) -> Estimate:
+    """The mean of `values` with its 95% Student-t interval (the low end held at 0: latencies, ratios)."""
     a = np.asarray(values, dtype=np.float64)
     half = _T95.get(len(a), 2.0) * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else float("nan")
     return Estimate(float(a.mean()), max(0.0, float(a.mean() - half)), float(a.mean() + half),
@@ -184,8 +196,8 @@ class _Measurer:
                 raise SdkError(f"the agent could not run {bundle}: {result.get('reason')}")
             runs.append(result)
         energies = [(r.get("energy") or {}).get("per_inference_mj") for r in runs]
-        return {"latency_p50_ms": _interval([r["latency_ms"]["p50"] for r in runs]),
-                "latency_p90_ms": _interval([r["latency_ms"]["p90"] for r in runs]),
+        return {"latency_p50_ms": t_interval([r["latency_ms"]["p50"] for r in runs]),
+                "latency_p90_ms": t_interval([r["latency_ms"]["p90"] for r in runs]),
                 "memory_mb": max(r["peak_rss_mb"] for r in runs),
                 "energy_mj": float(np.mean(energies)) if None not in energies
                 else Unavailable(runs[0].get("energy_reason") or "no energy probe on the agent")}
@@ -221,7 +233,8 @@ def _pareto(measured: list[Candidate], objective: str) -> list[Candidate]:
     return sorted(front, key=lambda c: c.value(objective))
 
 
-def _check(metric: str, max_drop: float, objective: str, constraints: Mapping[str, float]) -> None:
+def _check(metric: str | Callable[..., float], max_drop: float, objective: str,
+           constraints: Mapping[str, float]) -> None:
     if objective not in OBJECTIVES:
         raise UserInputError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if not (isinstance(max_drop, (int, float)) and 0 <= max_drop < 1):  # NaN fails both comparisons
@@ -234,22 +247,27 @@ def _check(metric: str, max_drop: float, objective: str, constraints: Mapping[st
 
 
 def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch.Tensor], *,
-             eval_data: Iterable[Any], calibration: Iterable[Any] | None = None, metric: str = "top1",
-             max_drop: float = 0.01, objective: str = "latency", constraints: Mapping[str, float] | None = None,
-             budget: Budget | None = None, agent: Any = "local", study: str | Path | None = None,
-             output_dir: str | Path = "out/optimize", subset: int = 32, repeats: int = 3, iterations: int = 50,
-             first: Sequence[tuple[str, str]] | None = None, tolerance: Any = None, seed: int = 0,
+             eval_data: Iterable[Any], calibration: Iterable[Any] | None = None,
+             metric: str | Callable[..., float] = "top1", max_drop: float = 0.01, objective: str = "latency",
+             constraints: Mapping[str, float] | None = None, budget: Budget | None = None, agent: Any = "local",
+             study: str | Path | None = None, output_dir: str | Path = "out/optimize", subset: int = 32,
+             repeats: int = 3, iterations: int = 50, first: Sequence[tuple[str, str]] | None = None,
+             tolerance: Any = None, mixed: bool = True, seed: int = 0,
              progress: Callable[[Candidate], None] | None = None) -> OptimizeResult:
     """Search the device's recipes for the one with the lowest `objective` whose `metric` drops by at most
-    `max_drop` (a fraction) from the runtime's plain fp32 export and that meets `constraints`.
+    `max_drop` (absolute, in the metric's units: 0.01 = one point of top-1) from the runtime's plain fp32 export
+    and that meets `constraints`.
 
-    `eval_data` holds (inputs..., label) batches for "top1", or inputs alone for "agreement" (with the fp32
-    model); `subset` of its samples are tried first. `study` is a SQLite file (default `<output_dir>/study.db`).
-    Each candidate is benchmarked `repeats` times for a latency interval. A new study tries the (precision, pass)
-    pairs in `first` before the sampler's own picks (default: every plain precision). `tolerance` (an sdk.Tolerance)
-    goes to every export: a quantized candidate then keeps its most sensitive layers in float until it is met; by
-    default each recipe's own parity tolerance applies, and a candidate that misses it is rejected with the reason.
-    Example: docs/optimize.md.
+    `eval_data` holds (inputs..., label) items as `sdk.export(eval_data=...)` takes them (a DataLoader works;
+    batches are split to the export's batch 1), or inputs alone for a metric against the fp32 model
+    ("agreement", "cosine"); `metric` is any sdk.metrics name or a callable (outputs, labels) -> float. `subset`
+    of its samples are tried first. `study` is a SQLite file (default `<output_dir>/study.db`). Each candidate
+    is benchmarked `repeats` times for a latency interval. A new study tries the (precision, pass) pairs in
+    `first` before the sampler's own picks (default: every plain precision). With `mixed` (the default), a
+    quantized candidate that misses `max_drop` is exported again with accuracy control: its most sensitive
+    layers stay in float until the drop holds on the runtime (mixed precision from the per-layer sensitivity).
+    `tolerance` (an sdk.Tolerance) goes to every export; by default each recipe's own parity tolerance applies,
+    and a candidate that misses it is rejected with the reason. Example: docs/optimize.md.
     """
     import optuna
 
@@ -262,34 +280,35 @@ def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch
     budget = budget or Budget()
     profile = devices.get(device)
     calib = list(calibration) if calibration is not None else None
-    space = space_for(profile, converters.get(profile.format).supported, budget, calib is not None)
+    space = space_for(profile, converters.get(profile.format).supported, budget, calib is not None, mixed)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     run_id = time.strftime("%Y%m%dT%H%M%S")
     data = eval_set(model, eval_data, example_inputs, metric)
     measure = _Measurer(_agent(agent), repeats, iterations)
-    export_args = {"model": model, "device": profile.id, "example_inputs": example_inputs, "calibration": calib,
-                   "tolerance": tolerance}
+    export_args = {"export": {"model": model, "device": profile.id, "example_inputs": example_inputs,
+                              "calibration": calib, "tolerance": tolerance},
+                   "control": {"eval_data": _items(data), "metric": data.metric, "max_drop": max_drop}}
 
-    def build(recipe: Sequence[str], folder: Path) -> Any:
-        return export(**export_args, recipe=list(recipe), output_dir=folder)
+    def build(recipe: Sequence[str], folder: Path, control: bool = False) -> Any:
+        return export(**export_args["export"], **(export_args["control"] if control else {}), recipe=list(recipe),
+                      output_dir=folder)
 
     log.info("optimize %s: fp32 baseline", profile.id)
     base_res = build(["fp32"], out / "baseline")
-    base_metric = evaluate(base_res.artifact.path, data, metric)
-    base_sub = evaluate(base_res.artifact.path, data.head(subset), metric)
-    baseline = Candidate(None, ("fp32",), "measured", metric=base_metric.to_dict(),
+    base_out = outputs(base_res.artifact.path, data.inputs)
+    baseline = Candidate(None, ("fp32",), "measured", metric=score(data, base_out).to_dict(),
                          drop=Estimate(0.0, 0.0, 0.0, "reference"),
                          size_mb=base_res.artifact.size_bytes / 1e6, delegated=_delegated(base_res.report), run=run_id,
-                         **measure(base_res.artifact.path))
+                         bundle=str(base_res.artifact.path), **measure(base_res.artifact.path))
     if objective == "energy" and isinstance(baseline.energy_mj, Unavailable):
         raise UserInputError(f"objective='energy' but the agent cannot measure energy: {baseline.energy_mj.reason}")
 
     storage = f"sqlite:///{Path(study or out / 'study.db').resolve()}"
     sampler = optuna.samplers.TPESampler(seed=seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = optuna.create_study(storage=storage, study_name=f"{profile.id}-{metric}-{objective}", sampler=sampler,
-                             directions=["minimize", "minimize"], load_if_exists=True)
+    st = optuna.create_study(storage=storage, study_name=f"{profile.id}-{data.metric.name}-{objective}",
+                             sampler=sampler, directions=["minimize", "minimize"], load_if_exists=True)
     if not st.trials:  # every plain precision first by default (fp32 is the baseline, measured anyway)
         for precision, pass_ in first or [(p, "none") for p in space.precisions if p != "fp32"]:
             if precision not in space.precisions or pass_ not in space.passes:
@@ -323,21 +342,40 @@ def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch
                 progress(cand)
             raise optuna.TrialPruned(reason)
 
-        try:
-            res = build(recipe, out / "trials" / f"{trial.number:03d}")
-        except SdkError as exc:
-            reject(f"export failed: {str(exc).splitlines()[0][:300]}")
-        sub = evaluate(res.artifact.path, data.head(subset), metric)
-        sub_drop, (sub_low, _) = drop_between(base_sub, sub)
-        if sub_low > max_drop:  # misses even at the low end of its interval: one flip in a small subset is not enough
+        def exported(control: bool) -> Any:
+            try:
+                return build(recipe, out / "trials" / f"{trial.number:03d}", control)
+            except SdkError as exc:
+                if isinstance(exc, ParityError) and not control and can_control:
+                    return None  # accuracy control may still meet max_drop with layers in float
+                how = " with accuracy control" if control else ""
+                reject(f"export{how} failed: {str(exc).splitlines()[0][:300]}")
+
+        can_control = space.mixed and _quantizes(recipe)
+        res, full = exported(control=False), None
+        if res is not None:
+            head = data.head(subset)
+            sub_out = outputs(res.artifact.path, head.inputs)
+            sub = drop_between(head, base_out[:head.n], sub_out)
+            if sub.ci_low <= max_drop:  # else it misses even at the low end of its interval (one flip is not enough)
+                rest = [outputs(res.artifact.path, data.inputs[head.n:])] if data.n > head.n else []
+                full = drop_between(data, base_out, np.concatenate([sub_out, *rest]))
+        controlled = False
+        if (full is None or full.value > max_drop) and can_control:
+            log.info("trial %d: %s misses max_drop; exporting again with accuracy control", trial.number, recipe)
+            res, controlled = exported(control=True), True
+            full = drop_between(data, base_out, outputs(res.artifact.path, data.inputs))
+        elif full is None:
             rejected_early += 1
-            reject(f"pruned before device time: drop {sub_drop:.4f} (95% CI from {sub_low:.4f}) > {max_drop} "
-                   f"on the first {sub.n} samples")
-        full = evaluate(res.artifact.path, data, metric)
-        drop, ci = drop_between(base_metric, full)
-        cand = Candidate(trial.number, tuple(recipe), "measured", metric=full.to_dict(),
-                         drop=Estimate(drop, ci[0], ci[1], f"paired bootstrap over {full.n} samples"),
+            reject(f"pruned before device time: drop {sub.value:.4f} (95% CI from {sub.ci_low:.4f}) > {max_drop} "
+                   f"on the first {head.n} samples")
+        # the fallback's layers: kept for the default tolerance on held-out data, or by accuracy control for max_drop
+        kept = (((res.report.get("quantization") or {}).get("fallback")) or {}).get("kept_float") or []
+        cand = Candidate(trial.number, tuple(recipe), "measured", metric=full.candidate.to_dict(),
+                         drop=Estimate(full.value, full.ci_low, full.ci_high,
+                                       f"paired bootstrap over {full.candidate.n} items"),
                          size_mb=res.artifact.size_bytes / 1e6, delegated=_delegated(res.report), run=run_id,
+                         kept_float=tuple(kept), controlled=controlled, bundle=str(res.artifact.path),
                          **measure(res.artifact.path))
         cand = dataclasses.replace(cand, violations=_violations(cand, constraints, max_drop))
         trial.set_user_attr("candidate", cand.to_dict())
@@ -347,7 +385,7 @@ def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch
         value = cand.value(objective)
         if value is None:
             reject(f"objective {objective} not measured: {getattr(cand, OBJECTIVES[objective])}")
-        return drop, value
+        return full.value, value
 
     def finished() -> int:
         return sum(t.state.is_finished() for t in st.trials)
@@ -369,11 +407,23 @@ def optimize(model: torch.nn.Module, device: str, example_inputs: Sequence[torch
     feasible = [c for c in measured if c.feasible and c.value(objective) is not None]
     best = min(feasible, key=lambda c: (c.value(objective), c.drop.value)) if feasible else None
     why = None if best else "no candidate met max_drop and the constraints: " + "; ".join(
-        f"{','.join(c.recipe)}: {', '.join(c.violations) or 'objective not measured'}" for c in measured)
+        f"{c.label}: {', '.join(c.violations) or 'objective not measured'}" for c in measured)
     cost = SearchCost(round((time.perf_counter() - started) / 60, 3), round(measure.device_s, 2),
                       finished() - before, finished(), rejected_early)
-    result = OptimizeResult(best, _pareto(measured, objective), baseline, candidates, space, cost, objective, metric,
-                            max_drop, constraints, out, why, export_args)
+    result = OptimizeResult(best, _pareto(measured, objective), baseline, candidates, space, cost, objective,
+                            data.metric.name, max_drop, constraints, out, why, export_args)
     from sdk.optimizer.report import write_report
     write_report(result)
     return result
+
+
+def _quantizes(recipe: Sequence[str]) -> bool:
+    """Whether the recipe's precision stores quantized weights (what accuracy control can keep in float)."""
+    return parse(list(recipe))[-1].quantizes
+
+
+def _items(data: EvalSet) -> list[tuple[torch.Tensor, ...]]:
+    """The eval samples as `sdk.export(eval_data=...)` items: inputs, then the label where there is one."""
+    if data.labels is None:
+        return list(data.inputs)
+    return [(*x, torch.from_numpy(np.asarray(label))) for x, label in zip(data.inputs, data.labels)]

@@ -53,6 +53,7 @@ class SearchSpace:
     passes: tuple[str, ...]
     distill: Distill | None
     notes: tuple[str, ...] = field(default=())
+    mixed: bool = False  # a quantized candidate that misses max_drop is retried with accuracy control
 
     def recipe(self, precision: str, pass_: str) -> list[str]:
         """The recipe for one choice: the pass (then distillation) and the precision."""
@@ -62,11 +63,14 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "precisions": list(self.precisions), "passes": list(self.passes),
-                "distill": None if self.distill is None else self.distill.to_dict(), "notes": list(self.notes)}
+                "distill": None if self.distill is None else self.distill.to_dict(), "mixed": self.mixed,
+                "notes": list(self.notes)}
 
 
-def space_for(profile: DeviceProfile, supported: frozenset[str], budget: Budget, has_calibration: bool) -> SearchSpace:
-    """Every precision the profile lists that its converter takes, plus passes when training is allowed."""
+def space_for(profile: DeviceProfile, supported: frozenset[str], budget: Budget, has_calibration: bool,
+              mixed: bool = False) -> SearchSpace:
+    """Every precision the profile lists that its converter takes, plus passes when training is allowed, and
+    (`mixed`) each quantized precision's mixed-precision variant found by accuracy control."""
     notes = []
     precisions: list[str] = []
     for name in profile.precisions:
@@ -87,4 +91,7 @@ def space_for(profile: DeviceProfile, supported: frozenset[str], budget: Budget,
         passes = ("none",)
         why = "Budget.distill_steps is 0" if budget.distill_steps == 0 else "no calibration data to distill on"
         notes.append(f"passes (prune, lowrank, depthwise) not proposed: {why}, and they need training to recover")
-    return SearchSpace(profile.id, tuple(precisions), passes, distill, tuple(notes))
+    if mixed:
+        notes.append("mixed precision: a quantized candidate that misses max_drop is exported again with accuracy "
+                     "control, which keeps its most sensitive layers in float until the drop holds on the runtime")
+    return SearchSpace(profile.id, tuple(precisions), passes, distill, tuple(notes), mixed)
