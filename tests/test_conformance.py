@@ -123,7 +123,7 @@ def _float_weight_stored(module: nn.Module, stored: bytes) -> bool:
 
 @pytest.fixture(scope="module", params=FORMATS)
 def fp32(request, tmp_path_factory) -> dict:
-    """TwoInNestedOut converted in fp32 for each format, and loaded by its runtime where it runs here."""
+    """TwoInNestedOut converted in fp32 for each format, with the manifest its runtime loads it by."""
     fmt = request.param
     torch.manual_seed(0)
     model, inputs = TwoInNestedOut().eval(), (torch.randn(1, 3, 8, 8), torch.randn(2, 6))
