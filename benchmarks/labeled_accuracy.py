@@ -42,14 +42,8 @@ END = "<!-- /labeled_accuracy -->"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=320, help="labeled images: the 20 photos, then crops")
-    parser.add_argument("--calibration", type=int, default=300, help="calibration crops (NNCF's default subset)")
     parser.add_argument("--devices", nargs="+", default=["intel-cpu", "jetson", "android-litert", "android-arm64"])
-    parser.add_argument("--models", nargs="+", default=["efficientnet-lite0", "minilm-l6"])
-    parser.add_argument("--max-drop", type=float, default=0.01)
-    parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench-accuracy")
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/accuracy.md's table")
-    args = parser.parse_args()
+    args = workload_arguments(parser, ROOT / "out" / "bench-accuracy", PAGE).parse_args()
     began = datetime.datetime.now(datetime.timezone.utc)
     results: dict[str, Any] = {"machine": describe(), "began": began.isoformat(), "max_drop": args.max_drop,
                                "rows": []}
@@ -66,6 +60,17 @@ def main() -> None:
     if not args.no_docs:
         PAGE.write_text(replace_block(PAGE.read_text(), START, END, text, str(PAGE)))
     print(text)
+
+
+def workload_arguments(parser: argparse.ArgumentParser, out: Path, page: Path) -> argparse.ArgumentParser:
+    """The options every labeled-workload benchmark takes: models, data sizes, max drop, output, docs."""
+    parser.add_argument("--models", nargs="+", default=["efficientnet-lite0", "minilm-l6"])
+    parser.add_argument("--n", type=int, default=320, help="labeled images: the 20 photos, then crops")
+    parser.add_argument("--calibration", type=int, default=300, help="calibration crops (NNCF's default subset)")
+    parser.add_argument("--max-drop", type=float, default=0.01)
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--no-docs", action="store_true", help=f"do not rewrite {page.relative_to(ROOT)}'s table")
+    return parser
 
 
 def labeled_workload(name: str, n: int = 320, n_calibration: int = 300

@@ -4,7 +4,7 @@ all-MiniLM-L6-v2 (Spearman on sentence pairs) for intel-cpu, android-arm64 and a
 side by side (alternating, in the same run).
 
     python benchmarks/optimize.py [--models efficientnet-lite0 minilm-l6] [--devices intel-cpu android-arm64
-                                  android-litert] [--trials 8] [--minutes 15] [--rounds 3] [--no-docs]
+                                  android-litert] [--trials 8] [--minutes 10] [--rounds 3] [--no-docs]
 
 Writes out/bench-optimize/<model>-<device>/ (each search's study.db, optimize.json, report.html, pareto.png),
 out/bench-optimize/results.json, docs/img/optimize-<model>-<device>.png and the table in docs/optimize.md.
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 import sdk  # noqa: E402
 from benchmarks import default_path  # noqa: E402
-from benchmarks.labeled_accuracy import labeled_workload  # noqa: E402
+from benchmarks.labeled_accuracy import labeled_workload, workload_arguments  # noqa: E402
 from benchmarks.machine import describe, replace_block, where  # noqa: E402
 from benchmarks.measure import torch_eager  # noqa: E402
 from sdk.accuracy import prepare  # noqa: E402
@@ -48,17 +48,11 @@ WARMUP, ITERATIONS = 10, 100
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["efficientnet-lite0", "minilm-l6"])
     parser.add_argument("--devices", nargs="+", default=list(FORMAT))
     parser.add_argument("--trials", type=int, default=8, help="trials per search (the plain precisions come first)")
-    parser.add_argument("--minutes", type=float, default=15.0, help="wall-time budget per search")
+    parser.add_argument("--minutes", type=float, default=10.0, help="wall-time budget per search")
     parser.add_argument("--rounds", type=int, default=3, help="alternating side-by-side rounds after each search")
-    parser.add_argument("--n", type=int, default=320, help="labeled images (EfficientNet-Lite0)")
-    parser.add_argument("--calibration", type=int, default=300, help="calibration crops (EfficientNet-Lite0)")
-    parser.add_argument("--max-drop", type=float, default=0.01)
-    parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench-optimize")
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/optimize.md's table")
-    args = parser.parse_args()
+    args = workload_arguments(parser, ROOT / "out" / "bench-optimize", PAGE).parse_args()
     began = datetime.datetime.now(datetime.timezone.utc)
     results: dict[str, Any] = {"machine": describe(), "began": began.isoformat(), "max_drop": args.max_drop,
                                "trials": args.trials, "minutes": args.minutes, "rounds": args.rounds, "rows": []}

@@ -248,9 +248,10 @@ def _auto_recipe(net: Any, target: str, inputs: Any, calib: Any, labeled: Any, m
     """A short sdk.optimize search (Budget(trials=8, minutes=10)) on the local agent, progress per trial."""
     import sdk
 
-    if labeled is None:  # agreement with the fp32 model on the last 20% of the calibration data
-        calib = list(calib)
-        labeled, calib = calib[len(calib) * 4 // 5:], calib[:len(calib) * 4 // 5]
+    if labeled is None:  # agreement with the fp32 model on the calibration data's held-out part
+        from sdk.quantization import hold_out
+
+        calib, labeled = hold_out(list(calib))
     console.print(f"{target}: searching recipes ({metric}, max drop {max_drop:g}; Budget(trials=8, minutes=10))",
                   highlight=False)
     with _toolchain_output(keep=_state["debug"]):

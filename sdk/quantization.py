@@ -52,9 +52,16 @@ def split_calibration(config: Config, calibration: list[tuple] | None, eval_data
     if eval_data:
         return calibration, eval_data, f"eval_data ({len(eval_data)} samples)"
     if calibration and len(calibration) >= 2:
-        cut = max(1, int(round(len(calibration) * HOLDOUT_FRACTION)))
-        return calibration[:-cut], calibration[-cut:], f"last {cut} of {len(calibration)} calibration samples"
+        kept, heldout = hold_out(calibration)
+        return kept, heldout, f"last {len(heldout)} of {len(calibration)} calibration samples"
     return calibration, [example_inputs], "example_inputs only (no calibration data given)"
+
+
+def hold_out(samples: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """(the first samples, the last HOLDOUT_FRACTION of them, at least one): the held-out checks' data when no
+    eval_data is given."""
+    cut = max(1, int(round(len(samples) * HOLDOUT_FRACTION)))
+    return samples[:-cut], samples[-cut:]
 
 
 def warn_small_calibration(config: Config, calibrated: list[tuple], given: int, profile: DeviceProfile) -> None:
