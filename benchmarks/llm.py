@@ -133,7 +133,7 @@ def quality(model: torch.nn.Module, targets: list[str], out: Path, reuse: bool) 
             rows[target] = {"error": str(exc)}
             continue
         tokens = LocalAgent().generate(artifact, prompt.tolist(), max_new_tokens=SAMPLE_TOKENS).tokens
-        rows[target] = {"toolchain": artifact.report["toolchain"], "weights": artifact.report["quantization"]["weights"],
+        rows[target] = {"toolchain": artifact.report["toolchain"], "weights": artifact.report["quantization"]["scheme"],
                         "size_vs_fp32": artifact.report["artifact"]["size_vs_fp32_params"],
                         "quality": artifact.report["llm"].get("quality"), "sample": _text(tokens)}
         print(target, json.dumps(rows[target], default=str)[:400], flush=True)

@@ -73,7 +73,11 @@ def test_export_report_and_quality(exported):
     assert manifest["llm"] | {"eos_ids": [2]} == {"n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16,
                                                   "vocab_size": VOCAB, "max_seq_len": MAX_SEQ, "eos_ids": [2],
                                                   "bos_id": 1}
-    assert report["quantization"]["weights"].startswith("int4")
+    q = report["quantization"]
+    assert q["scheme"].startswith("int4") and q["toolchain"] == report["toolchain"]
+    # how activations run, as the one typed literal every converter uses (not each toolchain's prose)
+    assert q["activations"] == {"android-arm64": "int8-dynamic", "intel-cpu": "float32",
+                                "jetson-orin-nano": "int8-dynamic"}[exported.artifact.device]
     assert report["artifact"]["size_vs_fp32_params"] < 1.0
     llm = report["llm"]
     assert llm["ran"], llm

@@ -28,6 +28,7 @@ def test_fp32_parity_on_every_host_runnable_target(name, device, out):
 
 @pytest.mark.parametrize(("name", "device", "precision"), [
     ("resnet", "intel-cpu", "int8"),
+    ("vit", "intel-cpu", "int8"),  # attention as fused SDPA: quantized as a transformer (weight layers only)
     ("efficientnet", "intel-cpu", "fp32"),  # a pool kernel beyond its input: OpenVINO refused it
     ("efficientnet", "android-litert", "int8"),  # litert-torch padded that pool up to its kernel: zero logits
     ("gpt2", "jetson-orin-nano", "fp32"),  # no attention_mask: torch.diff and a bool cumsum in the causal mask

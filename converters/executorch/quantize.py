@@ -63,11 +63,13 @@ _WEIGHT_OPS = frozenset({torch.ops.aten.linear.default, torch.ops.aten.conv1d.de
 
 
 def _is_transformer(graph: torch.fx.GraphModule) -> bool:
-    """Attention in the graph: a softmax and a product of two activations (scores = q @ k^T), not a classifier
-    that merely ends in a softmax (its linear layers export as aten.linear)."""
+    """Attention in the graph: fused (`scaled_dot_product_attention`, how `transformers` 5 models attend by
+    default), or a softmax and a product of two activations (scores = q @ k^T), not a classifier that merely ends
+    in a softmax (its linear layers export as aten.linear)."""
     targets = {node.target for node in graph.graph.nodes if node.op == "call_function"}
-    return bool(targets & {torch.ops.aten.softmax.int, torch.ops.aten._softmax.default}) and bool(
-        targets & {torch.ops.aten.matmul.default, torch.ops.aten.bmm.default})
+    return torch.ops.aten.scaled_dot_product_attention.default in targets or (
+        bool(targets & {torch.ops.aten.softmax.int, torch.ops.aten._softmax.default})
+        and bool(targets & {torch.ops.aten.matmul.default, torch.ops.aten.bmm.default}))
 
 
 #: calibration samples run through the float graph to find int8-unrepresentable ranges

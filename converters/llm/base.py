@@ -12,6 +12,7 @@ from converters.llm.static_cache import DecoderShape
 from sdk.devices import DeviceProfile
 from sdk.core.errors import UnsupportedError
 from sdk.core.recipes import Config, Int4Weight
+from sdk.core.results import QuantAccount
 
 __all__ = ["LlmConversion", "LlmJob", "group_size", "require_llama"]
 
@@ -32,10 +33,16 @@ class LlmJob:
 
 @dataclass
 class LlmConversion:
+    """The staged model file and what it stores: `quantization` is the same typed account the other converters
+    give (`scheme` the weights' form, `activations` how they run, `details` the toolchain's own method)."""
+
     model_file: str
-    toolchain: str
-    quantization: dict[str, Any] = field(default_factory=dict)  # what was quantized, how, with what data
+    quantization: QuantAccount
     runtime_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def toolchain(self) -> str:
+        return self.quantization.toolchain
 
 
 def group_size(job: LlmJob) -> int | None:

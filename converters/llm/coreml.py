@@ -15,6 +15,7 @@ import torch
 from converters.llm.base import LlmConversion, LlmJob, group_size
 from converters.llm.static_cache import BufferCacheDecoder
 from sdk.core.errors import ConversionError
+from sdk.core.results import QuantAccount
 
 MODEL_FILE = "model.mlpackage"
 STATES = ("k_cache", "v_cache")
@@ -40,17 +41,18 @@ def convert(job: LlmJob) -> LlmConversion:
     except Exception as exc:  # coremltools raises ValueError/RuntimeError/NotImplementedError per op
         raise ConversionError(str(exc).splitlines()[0], fmt="coreml", device=job.profile.id) from exc
     group = group_size(job)
-    quant = {"weights": "fp16"}
+    scheme, details = "fp16", {}
     if group is not None:
         config = ct.optimize.coreml.OptimizationConfig(global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
             mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=group))
         model = ct.optimize.coreml.linear_quantize_weights(model, config)
-        quant = {"weights": f"int4 symmetric, block {group} (coremltools linear_quantize_weights)",
-                 "calibration": "not used (weight-only)"}
+        scheme = f"int4 symmetric, block {group} (coremltools linear_quantize_weights)"
+        details = {"calibration": "not used (weight-only)"}
     model.save(str(job.workdir / MODEL_FILE))
     check_spec(model.get_spec(), int4=group is not None)
-    return LlmConversion(MODEL_FILE, f"coremltools {ct.__version__} (stateful, iOS18)", quant,
-                         {"states": list(STATES), "ran_here": False})
+    quant = QuantAccount(scheme=scheme, activations="float16", toolchain=f"coremltools {ct.__version__} (stateful, "
+                         "iOS18)", details=details)
+    return LlmConversion(MODEL_FILE, quant, {"states": list(STATES), "ran_here": False})
 
 
 def check_spec(spec: Any, *, int4: bool) -> dict[str, Any]:

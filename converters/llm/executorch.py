@@ -16,6 +16,7 @@ import torch
 
 from converters.llm.base import LlmConversion, LlmJob, group_size
 from sdk.core.errors import ConversionError
+from sdk.core.results import QuantAccount
 
 MODEL_FILE = "model.pte"
 _TOP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight"}
@@ -65,13 +66,10 @@ def convert(job: LlmJob) -> LlmConversion:
     config.export.output_name = str(job.scratch / MODEL_FILE)  # a name ending in .pte is used as the path
     config.backend.xnnpack.enabled = True
     group = group_size(job)
-    quant = {"weights": "fp32"}
     if group is not None:
         config.quantization.qmode = "8da4w"
         config.quantization.group_size = group
         config.quantization.embedding_quantize = f"4,{group}"
-        quant = {"weights": f"int4 symmetric, group {group} (torchao 8da4w)", "activations": "int8 dynamic per token",
-                 "embedding": f"int4, group {group}", "calibration": "not used (8da4w is weight-only scale search)"}
     try:
         with contextlib.redirect_stdout(io.StringIO()), _quiet("executorch", "root", "torchao"):
             export_llama(config)
@@ -81,7 +79,14 @@ def convert(job: LlmJob) -> LlmConversion:
     (job.scratch / MODEL_FILE).replace(job.workdir / MODEL_FILE)
     toolchain = (f"executorch {__version__.split('+')[0]} export_llama (static KV cache, custom SDPA, XNNPACK"
                  + (", torchao 8da4w)" if group else ")"))
-    return LlmConversion(MODEL_FILE, toolchain, quant, {"partitioner": "xnnpack", "custom_sdpa": True})
+    if group is None:
+        quant = QuantAccount(scheme="fp32", activations="float32", toolchain=toolchain)
+    else:
+        quant = QuantAccount(scheme=f"int4 symmetric, group {group} (torchao 8da4w)", activations="int8-dynamic",
+                             toolchain=toolchain, details={
+                                 "activations": "int8 dynamic per token", "embedding": f"int4, group {group}",
+                                 "calibration": "not used (8da4w is weight-only scale search)"})
+    return LlmConversion(MODEL_FILE, quant, {"partitioner": "xnnpack", "custom_sdpa": True})
 
 
 @contextlib.contextmanager

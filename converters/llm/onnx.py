@@ -14,6 +14,7 @@ import torch
 from converters.llm.base import LlmConversion, LlmJob, group_size
 from converters.llm.static_cache import StaticCacheDecoder
 from sdk.core.errors import ConversionError
+from sdk.core.results import QuantAccount
 
 MODEL_FILE = "model.onnx"
 OPSET = 21
@@ -41,8 +42,8 @@ def convert(job: LlmJob) -> LlmConversion:
     group = group_size(job)
     if group is None:
         fp32_path.replace(out)
-        return LlmConversion(MODEL_FILE, f"torch.onnx.export (dynamo, opset {OPSET})",
-                             {"weights": "fp32"})
+        return LlmConversion(MODEL_FILE, QuantAccount(scheme="fp32", activations="float32",
+                                                      toolchain=f"torch.onnx.export (dynamo, opset {OPSET})"))
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line a node
@@ -50,15 +51,19 @@ def convert(job: LlmJob) -> LlmConversion:
                                      accuracy_level=4)  # 4: int8 activations in the CPU kernel's dot products
     quantizer.process()
     model = quantizer.model.model
-    n = sum(node.op_type == "MatMulNBits" for node in model.graph.node)
+    quantized = [node.name for node in model.graph.node if node.op_type == "MatMulNBits"]
+    n = len(quantized)
     left = sum(node.op_type == "MatMul" for node in model.graph.node)
     if n == 0:
         raise ConversionError("MatMulNBitsQuantizer quantized no MatMul", fmt="onnx", device=job.profile.id,
                               hint="use recipe=['fp32']")
     onnx.save(model, str(out))
-    return LlmConversion(MODEL_FILE, f"torch.onnx.export (dynamo) + onnxruntime {onnxruntime.__version__} "
-                                     "MatMulNBitsQuantizer",
-                         {"weights": f"int4 symmetric, block {group} (MatMulNBits, RTN)", "matmuls_int4": n,
-                          "matmuls_float_activation_x_activation": left,
-                          "activations": "fp32 (int8 dot products in the CPU kernel)",
-                          "embedding": "fp32", "calibration": "not used (round-to-nearest weights)"})
+    # accuracy_level 4: the CPU kernel quantizes each activation block to int8 at run time for its dot products
+    quant = QuantAccount(
+        scheme=f"int4 symmetric, block {group} (MatMulNBits, RTN)", activations="int8-dynamic",
+        toolchain=f"torch.onnx.export (dynamo) + onnxruntime {onnxruntime.__version__} MatMulNBitsQuantizer",
+        quantized_layers=quantized, details={
+            "matmuls_float_activation_x_activation": left,
+            "activations": "int8 per block at run time in the CPU kernel (accuracy_level 4)",
+            "embedding": "fp32", "calibration": "not used (round-to-nearest weights)"})
+    return LlmConversion(MODEL_FILE, quant)

@@ -13,6 +13,7 @@ import torch
 from converters.llm.base import LlmConversion, LlmJob, group_size
 from converters.llm.static_cache import StaticCacheDecoder
 from sdk.core.errors import ConversionError
+from sdk.core.results import QuantAccount
 
 MODEL_FILE = "model.xml"
 STATES = {"k_cache": "k_cache_out", "v_cache": "v_cache_out"}
@@ -38,7 +39,7 @@ def convert(job: LlmJob) -> LlmConversion:
         output.get_tensor().set_names({name})
     apply_make_stateful_transformation(model, STATES)
     group = group_size(job)
-    quant = {"weights": "fp32"}
+    scheme, details = "fp32", {}
     if group is not None:
         data = [{"input_ids": ids.reshape(1, -1).astype(np.int64), "pos": np.zeros(1, np.int64)}
                 for ids in job.calibration]
@@ -50,9 +51,10 @@ def convert(job: LlmJob) -> LlmConversion:
         else:
             model = nncf.compress_weights(model, **kwargs)
             how = "data-free (no calibration prompts given)"
-        quant = {"weights": f"int4 symmetric, group {group} (NNCF INT4_SYM, ratio 1.0)", "method": how,
-                 "embedding_and_output": "int8 asymmetric per channel (NNCF's backup precision)"}
+        scheme = f"int4 symmetric, group {group} (NNCF INT4_SYM, ratio 1.0)"
+        details = {"method": how, "embedding_and_output": "int8 asymmetric per channel (NNCF's backup precision)"}
     ov.save_model(model, str(job.workdir / MODEL_FILE), compress_to_fp16=False)
     toolchain = f"openvino {ov.__version__} convert_model + MakeStateful" + (
         f" + NNCF {nncf.__version__} compress_weights" if group is not None else "")
-    return LlmConversion(MODEL_FILE, toolchain, quant, {"states": list(STATES)})
+    quant = QuantAccount(scheme=scheme, activations="float32", toolchain=toolchain, details=details)
+    return LlmConversion(MODEL_FILE, quant, {"states": list(STATES)})

@@ -90,15 +90,17 @@ def _symmetric_only(job: ConversionJob) -> bool:
 
 
 def _is_transformer(model: ov.Model) -> bool:
-    """Attention (a Softmax and a MatMul of two activations) in the graph, not a classifier that merely ends in
-    a softmax: NNCF's TRANSFORMER model type then keeps the attention-mask add, the softmax and the embedding
-    gathers out of activation quantization, as NNCF advises for transformers (its default setup fails outright
-    on Hugging Face BERT embeddings)."""
+    """Attention (a fused ScaledDotProductAttention, as torch's SDPA converts, or a Softmax and a MatMul of two
+    activations) in the graph, not a classifier that merely ends in a softmax: NNCF's TRANSFORMER model type then
+    keeps the attention-mask add, the softmax and the embedding gathers out of activation quantization, as NNCF
+    advises for transformers (its default setup fails outright on Hugging Face BERT embeddings)."""
     def constant(node: Any) -> bool:  # a weight, possibly stored narrow and converted
         while node.get_type_name() == "Convert":
             node = node.input_value(0).get_node()
         return node.get_type_name() == "Constant"
     ops = model.get_ops()
+    if any(op.get_type_name() == "ScaledDotProductAttention" for op in ops):
+        return True
     return any(op.get_type_name() == "Softmax" for op in ops) and any(
         op.get_type_name() == "MatMul" and not any(constant(i.get_source_output().get_node()) for i in op.inputs())
         for op in ops)

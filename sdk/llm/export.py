@@ -23,6 +23,7 @@ from sdk.llm.quality import measure_quality
 from converters.llm.static_cache import DecoderShape, decoder_shape
 from sdk import recipes
 from sdk.core.bundle import Artifact, BundleWriter, load_artifact
+from sdk.core.results import to_dict
 from sdk.devices import DeviceProfile
 from sdk.core.errors import (
     ConversionError,
@@ -92,7 +93,7 @@ def export_llm(model: torch.nn.Module, profile: DeviceProfile, *, recipe: Any, c
         report = {
             "sdk_version": __version__, "task": "text-generation", "device": profile.id, "device_name": profile.name,
             "format": profile.format, "runtime": profile.runtime, "recipe": plan.to_strings(),
-            "toolchain": conversion.toolchain, "quantization": conversion.quantization,
+            "toolchain": conversion.toolchain, "quantization": to_dict(conversion.quantization),
             "model": {"params": params, "n_layers": shape.n_layers, "hidden_size": shape.hidden_size,
                       "vocab_size": shape.vocab_size, "max_seq_len": max_seq_len},
             "artifact": {"model_file": manifest["model_file"], "size_bytes": artifact.size_bytes,
