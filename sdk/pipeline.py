@@ -54,7 +54,8 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
            output_dir: str | Path = "out", validate: bool | str = True,
            eval_data: Iterable[Any] | None = None, task: str | None = None, max_seq_len: int = 512,
            tokenizer: Any = None, metric: str | Callable[..., float] | None = None,
-           max_drop: float | Drop | None = None, keep_float: Iterable[str] = ()) -> ExportResult:
+           max_drop: float | Drop | None = None, keep_float: Iterable[str] = (),
+           sensitivity: bool = False) -> ExportResult:
     """Compress, convert and validate `model` for `device`; write the bundle to `<output_dir>/<device-id>/`.
 
     `recipe` is a list of configs or their strings (default: the profile's default recipe);
@@ -63,7 +64,9 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
     `tolerance` (default: the recipe's, e.g. min cosine 0.99 for int8) holds on every one of those held-out
     inputs, else ParityError and no bundle. `keep_float` names modules (as model.named_modules() lists them)
     a quantized recipe leaves in float on purpose; a scheme that leaves most weight layers float unasked is
-    refused. `validate` is True (run the bundle here, where its runtime
+    refused. Per-layer sensitivity (torch fake-quant, one layer at a time) is measured only when the first
+    conversion misses and the fallback must choose layers; `sensitivity=True` measures it for the report anyway
+    (the HTML report's sensitivity chart). `validate` is True (run the bundle here, where its runtime
     exists), False (skip; the report says so) or an agent URL. A Hugging Face model takes `task=` (see sdk.hf),
     which builds example_inputs from its config when none are given. `progress=True` shows the stage, the time so
     far and an estimate on stderr.
@@ -145,7 +148,7 @@ def export(model: torch.nn.Module, device: str | DeviceProfile, example_inputs: 
                     return controlled[-1]
             result, quant_control = quantization.convert_quantized(
                 converter, job, tolerance=tol, user_tolerance=tolerance is not None, heldout=heldout,
-                heldout_source=source, accuracy=control)
+                heldout_source=source, accuracy=control, sensitivity=sensitivity)
         else:
             result = converter.convert(job)
         timings["convert_s"] = time.perf_counter() - t0

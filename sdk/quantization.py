@@ -22,7 +22,7 @@ from sdk.devices import DeviceProfile
 from sdk.core.errors import AccuracyError, ConversionError, InvalidInputsError, ParityError, SdkError, first_line
 from sdk.core.parity import compare
 from sdk.core.recipes import Config, Int8Static, Tolerance
-from sdk.core.results import FloatLayer
+from sdk.core.results import FloatLayer, Unavailable, to_dict
 
 if TYPE_CHECKING:
     from sdk.accuracy import AccuracyReport
@@ -137,12 +137,14 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
                       heldout: list[tuple], heldout_source: str,
                       max_fallback_layers: int = DEFAULT_MAX_FALLBACK_LAYERS,
                       accuracy: Callable[[Path, dict[str, Any]], AccuracyReport] | None = None,
-                      ) -> tuple[ConversionResult, dict[str, Any]]:
+                      sensitivity: bool = False) -> tuple[ConversionResult, dict[str, Any]]:
     """Convert with the job's quantization config; keep the worst layers in float until `tolerance` (the user's,
     else the recipe's default) holds on every held-out input and, with `accuracy` (accuracy control: staged file,
     load manifest -> AccuracyReport), until the task metric's drop holds on the target's runtime. The held-out
     inputs decide, not the single example: one random tensor says little about the data the model meets.
-    `job.keep_float` (the user's) stays float in every attempt.
+    `job.keep_float` (the user's) stays float in every attempt. Per-layer sensitivity is measured once the first
+    conversion misses (the fallback needs its ranking), or always with `sensitivity`: on EfficientNet-Lite0 it
+    costs more than the conversion itself.
 
     Returns the last conversion (its account names the fallback's layers) and what this control measured
     (held-out parity, sensitivity, the fallback's steps), which the report adds beside the account."""
@@ -151,7 +153,7 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
     evaluate = HeldOutEvaluator(job, heldout, job.calibration, tolerance)
     keep: list[str] = []
     steps: list[dict[str, Any]] = []
-    sensitivity: list[dict[str, Any]] | None = None
+    ranking: list[dict[str, Any]] | None = None
     unexcludable: dict[str, str] = {}  # layers the toolchain could not keep in float on their own, and why
     result = parity = problems = None
     while True:
@@ -174,15 +176,15 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
             steps.append({"kept_float": list(keep), "min_cosine": _min_or_none(cosines),
                           "min_sqnr_db": _min_or_none(o["sqnr_db"] for o in parity["outputs"]), "met": not problems,
                           **({"metric_drop": _drop_record(metric)} if metric is not None else {})})
-            if sensitivity is None:  # after the first conversion, which says whether activations were quantized
-                log.info("measuring per-layer sensitivity to %s", config)
-                sensitivity = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES],
+            if ranking is None and (problems or sensitivity):  # after the first conversion, which says whether
+                log.info("measuring per-layer sensitivity to %s", config)  # activations were quantized
+                ranking = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES],
                                                 heldout[:MAX_SENSITIVITY_SAMPLES],
                                                 weight_only=result.quantization.weight_only)
             if not problems:
                 break
         skip = set(keep) | set(unexcludable) | toolchain_float_layers(result)
-        remaining = [row["layer"] for row in sensitivity if row["layer"] not in skip]
+        remaining = [row["layer"] for row in ranking if row["layer"] not in skip]
         # Keeping the last quantized layer in float would leave nothing quantized: that is not an INT8 artifact.
         if len(remaining) <= 1 or len(keep) >= max_fallback_layers:
             _clear(job.workdir)
@@ -214,11 +216,12 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
     return result, {
         "config": config.to_string(),
         "heldout": {"source": heldout_source, **parity},
-        "sensitivity": {"method": "torch fake-quant of the same scheme, one layer at a time; sorted by model-output "
-                                  "SQNR"
-                                  + (" (weights only, as the artifact keeps activations in float)"
-                                     if account.weight_only else ""),
-                        "layers_measured": len(sensitivity), "worst": sensitivity[:TOP_OFFENDERS]},
+        "sensitivity": to_dict(Unavailable(
+            f"not measured: the first conversion met {goal}, so no layer had to be chosen for float (pass "
+            "sensitivity=True to sdk.export to measure it anyway)")) if ranking is None else {
+            "method": "torch fake-quant of the same scheme, one layer at a time; sorted by model-output SQNR"
+                      + (" (weights only, as the artifact keeps activations in float)" if account.weight_only else ""),
+            "layers_measured": len(ranking), "worst": ranking[:TOP_OFFENDERS]},
         "fallback": {"tolerance": tolerance.to_dict(), "tolerance_from": "tolerance=" if user_tolerance else
                      f"the default for {config}",
                      "max_drop": metric.max_drop if accuracy else None,

@@ -199,8 +199,9 @@ def _sensitivity(report: Mapping[str, Any], plots: bool) -> str:
                    f" ({len(q.get('quantized_layers') or [])} layers quantized)</p>")
     worst = (q.get("sensitivity") or {}).get("worst") or []
     if not worst:
-        out.append('<p class="note">no per-layer sensitivity: the recipe quantizes no layer '
-                   f'({escape(", ".join(report.get("recipe") or []))})</p>')
+        why = (q.get("sensitivity") or {}).get("unavailable") or (
+            f'the recipe quantizes no layer ({", ".join(report.get("recipe") or [])})')
+        out.append(f'<p class="note">no per-layer sensitivity: {escape(why)}</p>')
         return "".join(out)
     out.append(f"<p class='note'>{escape(q['sensitivity'].get('method', ''))}</p>")
     rows = [[escape(w.get("layer")), escape(w.get("type")), _num(w.get("layer_sqnr_db")), _num(w.get("model_sqnr_db")),

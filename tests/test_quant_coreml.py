@@ -220,7 +220,8 @@ def test_weight_storage_reads_ios18_packages_without_torch(convert):
 
 def test_palettize_through_sdk_export_is_checked_on_the_example_inputs(cnn, tmp_path):
     """Palettization takes no calibration data, so the driver's held-out parity can only use example_inputs."""
-    res = sdk.export(cnn, "apple-ane", _images(1, seed=1)[0], recipe="palettize:4", output_dir=tmp_path)
+    res = sdk.export(cnn, "apple-ane", _images(1, seed=1)[0], recipe="palettize:4", output_dir=tmp_path,
+                     sensitivity=True)
     q = res.report["quantization"]
     assert REPORT_KEYS <= set(q), REPORT_KEYS - set(q)
     assert q["quantized_layers"] == ["expand.0", "dw.0", "project", "head"]

@@ -63,7 +63,7 @@ def exported(tmp_path_factory):
                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
     calibration = [(torch.randn(1, 3, 32, 32),) for _ in range(16)]
     res = sdk.export(model, "android-arm64", calibration[0], recipe="int8", calibration=calibration,
-                     tolerance=sdk.Tolerance(min_cosine=0.99), output_dir=out)
+                     tolerance=sdk.Tolerance(min_cosine=0.99), output_dir=out, sensitivity=True)
     return out, res
 
 
