@@ -143,8 +143,8 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
     load manifest -> AccuracyReport), until the task metric's drop holds on the target's runtime. The held-out
     inputs decide, not the single example: one random tensor says little about the data the model meets.
     `job.keep_float` (the user's) stays float in every attempt. Per-layer sensitivity is measured once the first
-    conversion misses (the fallback needs its ranking), or always with `sensitivity`: on EfficientNet-Lite0 it
-    costs more than the conversion itself.
+    conversion misses (the fallback needs its ranking), or always with `sensitivity`: it runs the model once per
+    quantizable layer on every sample, so a conversion that passes at once should not pay for it.
 
     Returns the last conversion (its account names the fallback's layers) and what this control measured
     (held-out parity, sensitivity, the fallback's steps), which the report adds beside the account."""
@@ -179,8 +179,8 @@ def convert_quantized(converter: Converter, job: ConversionJob, *, tolerance: To
             if ranking is None and (problems or sensitivity):  # after the first conversion, which says whether
                 log.info("measuring per-layer sensitivity to %s", config)  # activations were quantized
                 ranking = layer_sensitivity(job.model, config, calib[:MAX_SENSITIVITY_SAMPLES],
-                                                heldout[:MAX_SENSITIVITY_SAMPLES],
-                                                weight_only=result.quantization.weight_only)
+                                            heldout[:MAX_SENSITIVITY_SAMPLES],
+                                            weight_only=result.quantization.weight_only)
             if not problems:
                 break
         skip = set(keep) | set(unexcludable) | toolchain_float_layers(result)

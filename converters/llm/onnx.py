@@ -52,9 +52,8 @@ def convert(job: LlmJob) -> LlmConversion:
     quantizer.process()
     model = quantizer.model.model
     quantized = [node.name for node in model.graph.node if node.op_type == "MatMulNBits"]
-    n = len(quantized)
     left = sum(node.op_type == "MatMul" for node in model.graph.node)
-    if n == 0:
+    if not quantized:
         raise ConversionError("MatMulNBitsQuantizer quantized no MatMul", fmt="onnx", device=job.profile.id,
                               hint="use recipe=['fp32']")
     onnx.save(model, str(out))
