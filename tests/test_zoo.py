@@ -39,13 +39,38 @@ def test_fixed_cells_pass_parity(name, device, precision, out):
     assert cell["min_cosine"] > (0.99 if precision == "int8" else 0.9999), cell
 
 
-@pytest.mark.parametrize("name", ["unet", "gru-kws", "distilbert"])
+@pytest.mark.parametrize("name", ["unet", "gru-kws", "distilbert", "gpt2"])
 def test_core_ml_converts(name, out):
     """UNet: coremltools' torch.export frontend fails on a stride-less max_pool2d (TorchScript fallback); GRU and
-    the transformers masks: ops it has no translation for (decomposed)."""
+    the transformers masks: ops it has no translation for (decomposed); GPT-2: an `aten.alias` (removed)."""
     cell = export_cell(ZOO[name], "apple-ane", "fp32", out / f"{name}-coreml")
     assert "error" not in cell, cell
     assert cell["passed"] is None  # converted and its spec checked; Core ML runs only on macOS
+
+
+class _StringPadded(nn.Module):
+    """Convolutions with `padding="valid"` / `"same"`, as all of Hugging Face EfficientNet's are: they export as
+    `aten.conv2d.padding`, not `aten.conv2d.default`."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding="valid")
+        self.body = nn.Conv2d(8, 8, 3, padding="same")
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(F.relu(self.stem(x))).mean(dim=(-2, -1)))
+
+
+def test_executorch_int8_quantizes_string_padded_convs(out):
+    """XNNPACKQuantizer quantized them, but the SDK's account knew only the `.default` overloads, so EfficientNet
+    int8 was refused as leaving 36 of its 37 layers float."""
+    calibration = [(torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(seed)),) for seed in range(8)]
+    res = sdk.export(_StringPadded().eval(), "android-arm64", calibration[0], recipe=["int8"],
+                     calibration=calibration, output_dir=out / "padded")
+    account = res.report["quantization"]
+    assert sorted(account["quantized_layers"]) == ["body", "head", "stem"] and account["float_layers"] == []
+    assert account["weight_dtypes"] == {"int8": 3}  # read back from the .pte's XNNPACK payloads
 
 
 class _VarArgs(nn.Module):

@@ -12,6 +12,7 @@ torch.export, whose debug handles map each weight to its torch layer.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,14 +23,20 @@ from converters.base import ConversionJob
 from sdk.core.errors import first_line
 
 CONVERT_STAGE = "coremltools.convert"
+#: ops that return their input's values unchanged (views that only alias it), which torch has no decomposition
+#: for and the frontend no translation of (`transformers`' `slice_logits_to_keep` leaves an `aten.alias` in GPT-2):
+#: decomposed into that input
+_IDENTITIES: dict[torch._ops.OpOverload, Callable[[torch.Tensor], torch.Tensor]] = {
+    torch.ops.aten.alias.default: lambda x: x}
 
 
 def _export(job: ConversionJob) -> torch.export.ExportedProgram:
     """Capture the model as ATen ops, the graph coremltools' torch.export frontend reads, with the ops it cannot
-    translate decomposed (where torch has a decomposition for them)."""
+    translate decomposed (where torch has a decomposition for them, or `_IDENTITIES` removes them)."""
     with driver.stage("torch.export"):
         exported = torch.export.export(job.model, tuple(job.example_inputs)).run_decompositions({})
         table = torch.export.default_decompositions()
+        table.update(_IDENTITIES)
         untranslated = {op: table[op] for op in _untranslated(exported) if op in table}
         if untranslated:
             exported = exported.run_decompositions(untranslated)

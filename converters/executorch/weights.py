@@ -27,9 +27,11 @@ from sdk.core.recipes import Int4Weight, Int8Dynamic
 from sdk.core.results import FloatLayer, QuantAccount
 
 MODEL_FILE = "model.pte"
-#: ops of the exported graph that are a conv or linear layer, with their weight as argument 1
+#: ops of the exported graph that are a conv or linear layer, with their weight as argument 1; a conv given
+#: `padding="same"` / `"valid"` (Hugging Face EfficientNet's, every one) exports as the `.padding` overload
 _LAYER_OPS = frozenset({torch.ops.aten.linear.default, torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default,
-                        torch.ops.aten.conv3d.default, torch.ops.aten.conv_transpose1d.default,
+                        torch.ops.aten.conv3d.default, torch.ops.aten.conv1d.padding, torch.ops.aten.conv2d.padding,
+                        torch.ops.aten.conv3d.padding, torch.ops.aten.conv_transpose1d.default,
                         torch.ops.aten.conv_transpose2d.input, torch.ops.aten.conv_transpose3d.input})
 #: what a quantizer puts between an integer weight and the op that reads it (PT2E, torchao's quantize_)
 _DEQUANTIZE = frozenset({torch.ops.quantized_decomposed.dequantize_per_channel.default,
